@@ -1,0 +1,138 @@
+//! The command: spawned in its own process group (process-wrap), killed with zklock
+//! (PR_SET_PDEATHSIG), signalled as a group, and drained of stragglers before the lock is
+//! released.
+
+use std::ffi::OsString;
+use std::io;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use process_wrap::tokio::{CommandWrap, ProcessGroup};
+use tokio::sync::oneshot;
+
+/// How often the group is polled while waiting for stragglers to go.
+const GROUP_POLL: Duration = Duration::from_millis(10);
+
+/// A running command, leader of its own process group.
+pub struct Child {
+    pgid: Pid,
+    exit: oneshot::Receiver<io::Result<ExitStatus>>,
+}
+
+/// Makes zklock the reaper of orphaned descendants, so that a grandchild left behind by the
+/// command can be waited for before the lock is released.
+pub fn become_subreaper() {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::debug!("PR_SET_CHILD_SUBREAPER failed: {e}");
+    }
+}
+
+/// Spawns `argv` directly (no shell) in a new process group, with `env` added, inheriting
+/// stdin, stdout and stderr. The command gets SIGKILL if zklock dies.
+pub fn spawn(argv: &[OsString], env: &[(&str, String)]) -> io::Result<Child> {
+    let parent = nix::unistd::getpid();
+    let mut cmd = CommandWrap::with_new(&argv[0], |cmd| {
+        cmd.args(&argv[1..]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // SAFETY: only async-signal-safe calls (prctl, getppid) run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                // zklock may have died between fork and prctl: then nobody would kill us.
+                if nix::unistd::getppid() != parent {
+                    return Err(io::Error::other("zklock exited before the command started"));
+                }
+                Ok(())
+            });
+        }
+    });
+    cmd.wrap(ProcessGroup::leader());
+    let child = cmd.spawn()?;
+    let pid = child.id().expect("a just-spawned child has a pid");
+    let pgid = Pid::from_raw(pid as i32);
+    // Wait for the leader on its own task, so that the supervisor can select on its exit
+    // while it signals the group.
+    let mut leader = child.into_inner();
+    let (tx, exit) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = tx.send(leader.wait().await);
+    });
+    Ok(Child { pgid, exit })
+}
+
+impl Child {
+    pub fn pid(&self) -> u32 {
+        self.pgid.as_raw() as u32
+    }
+
+    /// Sends `sig` to the whole group. A group already gone is not an error.
+    pub fn signal(&self, sig: Signal) {
+        match killpg(self.pgid, sig) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("cannot send {sig} to the command's group: {e}"),
+        }
+    }
+
+    /// Resolves when the leader exits (cancel-safe: poll it in a loop).
+    pub async fn exited(&mut self) -> io::Result<ExitStatus> {
+        match (&mut self.exit).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::other("lost track of the command")),
+        }
+    }
+
+    /// Reaps what we can and tells whether any process of the group is still alive. Only
+    /// call after the leader was reaped.
+    pub fn group_alive(&self) -> bool {
+        loop {
+            match waitpid(
+                Pid::from_raw(-self.pgid.as_raw()),
+                Some(WaitPidFlag::WNOHANG),
+            ) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        !matches!(killpg(self.pgid, None), Err(Errno::ESRCH))
+    }
+
+    /// Waits up to `limit` for the group to be gone; true if it is.
+    pub async fn wait_group_gone(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            if !self.group_alive() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(GROUP_POLL).await;
+        }
+    }
+
+    /// After the leader exited: stops what is left of its group (stop signal, then SIGKILL
+    /// after `grace`) and waits for it to be gone. Returns whether stragglers were found.
+    pub async fn drain(&self, stop: Signal, grace: Duration) -> bool {
+        if !self.group_alive() {
+            return false;
+        }
+        tracing::warn!(
+            "the command exited but left processes in its group; stopping them with {stop}"
+        );
+        self.signal(stop);
+        if !self.wait_group_gone(grace).await {
+            tracing::warn!("processes of the command's group survived {stop}; sending SIGKILL");
+            self.signal(Signal::SIGKILL);
+            if !self.wait_group_gone(Duration::from_secs(5)).await {
+                tracing::error!("processes of the command's group are still alive after SIGKILL");
+            }
+        }
+        true
+    }
+}

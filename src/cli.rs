@@ -1,0 +1,216 @@
+//! Command-line definitions (clap derive). Validation that needs the server (the safety
+//! budget) happens in `config`; everything else is checked here.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use nix::sys::signal::Signal;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  N        the command's own exit status
+  128+N    the command died of signal N (or zklock got signal N while waiting)
+  75       lock not acquired: --no-wait found it held, or --wait ran out (see -E)
+  124      the lock was lost while the command ran, and zklock stopped it
+  125      zklock failed: usage, bad lock path, no server, ACL, session ended while waiting
+  126      the command is not executable
+  127      the command was not found";
+
+const RUN_ENV: &str = "\
+Environment given to the command:
+  ZKLOCK_LOCK           the lock path
+  ZKLOCK_NODE           the full path of our lock node
+  ZKLOCK_FENCING_TOKEN  the lock node's czxid (decimal); strictly rises from holder to holder
+  ZKLOCK_SESSION_ID     the ZooKeeper session id (hex)
+
+Examples:
+  # cron on several hosts: the first host runs the report, the others skip it (exit 75)
+  zklock run -n /locks/nightly-report -- ./report.sh --full
+
+  # CI deploy step: wait up to 10 minutes for the previous deploy to finish
+  zklock run -w 10m --label \"$CI_JOB_URL\" /locks/deploy/prod -- ./deploy.sh
+
+  # reject stale writers with the fencing token
+  zklock run /locks/etl -- sh -c 'psql -c \"UPDATE etl SET token=$ZKLOCK_FENCING_TOKEN WHERE token < $ZKLOCK_FENCING_TOKEN\" && ./etl'";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zklock",
+    version,
+    about = "Run a command under a ZooKeeper lock, and stop it before anyone else can get the lock",
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// More messages on stderr (-v: lifecycle, -vv: debug)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Only errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Acquire a lock, run a command while holding it, release it
+    #[command(after_help = format!("{EXIT_CODES}\n\n{RUN_ENV}"))]
+    Run(RunArgs),
+}
+
+/// How to reach ZooKeeper.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectArgs {
+    /// ZooKeeper connect string: host:port[,host:port...][/chroot]
+    #[arg(
+        short = 'z',
+        long = "zk",
+        env = "ZKLOCK_ZK",
+        default_value = "127.0.0.1:2181",
+        value_name = "CONNECT"
+    )]
+    pub zk: String,
+
+    /// Requested session timeout; the server may negotiate another, which is what counts
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub session_timeout: Duration,
+
+    /// Give up if no server answers within this long
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+
+    /// The servers' tickTime, used in the safety budget
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub server_tick: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The lock: a znode path such as /locks/nightly-report
+    #[arg(value_name = "LOCK")]
+    pub lock: String,
+
+    /// The command and its arguments, run directly (no shell)
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Give up waiting for the lock after this long (default: wait forever)
+    #[arg(short, long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Waiting")]
+    pub wait: Option<Duration>,
+
+    /// Give up at once if the lock is held
+    #[arg(short = 'n', long, conflicts_with = "wait", help_heading = "Waiting")]
+    pub no_wait: bool,
+
+    /// Exit status when --no-wait or --wait gives up
+    #[arg(short = 'E', long, default_value_t = crate::exit::CONFLICT_DEFAULT, value_name = "N", help_heading = "Waiting")]
+    pub conflict_exit_code: u8,
+
+    /// Time without a leader-confirmed heartbeat before the stop signal [default: derived from the safety budget]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Safety")]
+    pub disconnect_threshold: Option<Duration>,
+
+    /// Time between the stop signal and SIGKILL [default: 30% of the budget, at most 5s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Safety")]
+    pub grace: Option<Duration>,
+
+    /// Signal that stops the command when the lock is lost: TERM, SIGTERM or 15
+    #[arg(long, default_value = "TERM", value_parser = parse_signal, value_name = "SIGNAL", help_heading = "Safety")]
+    pub kill_signal: Signal,
+
+    /// Free text stored with the lock node, shown by `zklock status`
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+}
+
+/// A humantime duration: `10s`, `1m30s`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 10s, 1m30s or 250ms: {e}"))
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, case-insensitive) or number (`15`).
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let bad = || format!("'{s}' is not a signal (try TERM, SIGINT or 15)");
+    let sig = if let Ok(n) = s.parse::<i32>() {
+        Signal::try_from(n).map_err(|_| bad())?
+    } else {
+        let upper = s.to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        name.parse::<Signal>().map_err(|_| bad())?
+    };
+    Ok(sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("int"), Ok(Signal::SIGINT));
+        assert_eq!(parse_signal("sigkill"), Ok(Signal::SIGKILL));
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("10").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn run_parses_argv_after_double_dash_verbatim() {
+        let cli = Cli::try_parse_from([
+            "zklock",
+            "run",
+            "-n",
+            "/l",
+            "--",
+            "sh",
+            "-c",
+            "echo a  b",
+            "--wait",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command;
+        assert!(run.no_wait);
+        assert_eq!(
+            run.command,
+            ["sh", "-c", "echo a  b", "--wait"].map(OsString::from)
+        );
+        assert_eq!(run.conflict_exit_code, 75);
+    }
+
+    #[test]
+    fn run_requires_a_command_and_rejects_wait_with_no_wait() {
+        assert!(Cli::try_parse_from(["zklock", "run", "/l"]).is_err());
+        assert!(
+            Cli::try_parse_from(["zklock", "run", "-n", "-w", "1s", "/l", "--", "true"]).is_err()
+        );
+    }
+}

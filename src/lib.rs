@@ -1,0 +1,45 @@
+//! zklock: run a command under a ZooKeeper lock, and stop it before anyone else can be granted
+//! the lock. See `../README.md` and `shared/design/safety.md` for the model.
+
+pub mod child;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod exit;
+pub mod lock;
+mod logging;
+pub mod nodedata;
+pub mod run;
+pub mod session;
+pub mod signals;
+pub mod supervise;
+
+use std::time::{Instant, SystemTime};
+
+/// Runs a parsed command line and returns the process exit status. Never exits the process
+/// itself, so that every path releases what it took.
+pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
+    logging::init(cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zklock: error: cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            cli::Command::Run(args) => run::run(args, started_at, t0).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zklock: error: {e:#}");
+            exit::FAILURE
+        }
+    }
+}

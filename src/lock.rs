@@ -1,0 +1,554 @@
+//! ZooKeeper's lock recipe on zookeeper-client's primitives, as Curator and kazoo implement it.
+//!
+//! 1. Create `<lock>/_c_<uuid>-lock-` EPHEMERAL_SEQUENTIAL (Curator's protected name); create
+//!    the parents as CONTAINER nodes only when the create says NoNode.
+//! 2. If the create's reply is lost, find the node by our uuid and adopt it only if its
+//!    ephemeralOwner is our session; delete any other.
+//! 3. List the children; the lowest sequence holds. Our own node must be in the list just read.
+//!    Otherwise watch only the immediate predecessor: one release wakes one waiter.
+//! 4. A child name we cannot classify is an error, never ignored.
+//! 5. Release: delete our node and await the reply (the caller does this after the child is gone).
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tracing::{debug, info, warn};
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType, SessionState};
+
+use crate::clock::Clock;
+
+/// Curator's protected-name prefix.
+const PROTECTED_PREFIX: &str = "_c_";
+/// Curator's InterProcessMutex node name.
+const CURATOR_LOCK: &str = "-lock-";
+
+/// How many times a NoNode on create (a container parent reaped under us) is retried.
+const CREATE_ATTEMPTS: usize = 10;
+
+/// The kind of a lock-directory child, by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// `_c_<uuid>-lock-<seq>`: zklock or Apache Curator's InterProcessMutex.
+    CuratorMutex,
+    /// `..__READ__<seq>`: Curator's InterProcessReadWriteLock, read side.
+    CuratorRead,
+    /// `..__WRIT__<seq>`: Curator's InterProcessReadWriteLock, write side.
+    CuratorWrite,
+    /// `<uuid hex>__lock__<seq>`: kazoo's Lock / WriteLock.
+    KazooLock,
+    /// `<uuid hex>__rlock__<seq>`: kazoo's ReadLock.
+    KazooRead,
+}
+
+impl NodeKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            NodeKind::CuratorMutex => "zklock/Curator mutex",
+            NodeKind::CuratorRead => "Curator read lock",
+            NodeKind::CuratorWrite => "Curator write lock",
+            NodeKind::KazooLock => "kazoo lock",
+            NodeKind::KazooRead => "kazoo read lock",
+        }
+    }
+}
+
+/// A child of the lock directory that takes part in the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contender {
+    pub name: String,
+    pub seq: i64,
+    pub kind: NodeKind,
+}
+
+/// Classifies a child name by the recipes that share lock directories. All of them draw their
+/// sequence numbers from the same parent counter, so they order against each other; all are
+/// treated as exclusive (a reader ahead of us still makes us wait).
+pub fn classify(name: &str) -> Option<Contender> {
+    const MARKERS: [(&str, NodeKind); 5] = [
+        (CURATOR_LOCK, NodeKind::CuratorMutex),
+        ("__READ__", NodeKind::CuratorRead),
+        ("__WRIT__", NodeKind::CuratorWrite),
+        ("__lock__", NodeKind::KazooLock),
+        ("__rlock__", NodeKind::KazooRead),
+    ];
+    let digits = name.len() - name.bytes().rev().take_while(u8::is_ascii_digit).count();
+    let (head, seq) = name.split_at(digits);
+    // ZooKeeper's sequence suffix is 10 digits (19 once the 32-bit counter is exceeded).
+    if seq.len() != 10 && seq.len() != 19 {
+        return None;
+    }
+    let seq: i64 = seq.parse().ok()?;
+    // Curator's unprotected form is a bare "lock-<seq>".
+    if head == "lock-" {
+        return Some(Contender {
+            name: name.to_owned(),
+            seq,
+            kind: NodeKind::CuratorMutex,
+        });
+    }
+    MARKERS
+        .iter()
+        .find(|(marker, _)| head.ends_with(marker) && head.len() > marker.len())
+        .map(|&(_, kind)| Contender {
+            name: name.to_owned(),
+            seq,
+            kind,
+        })
+}
+
+/// Orders the children of a lock directory; an unknown name is an error naming it.
+pub fn queue(lock: &str, children: &[String]) -> Result<Vec<Contender>> {
+    let mut queue = Vec::with_capacity(children.len());
+    for name in children {
+        match classify(name) {
+            Some(c) => queue.push(c),
+            None => bail!(
+                "{lock} holds a node zklock cannot classify: '{name}' (not a zklock, Curator or kazoo lock node); \
+                 refusing to guess the queue order"
+            ),
+        }
+    }
+    queue.sort_by_key(|c| c.seq);
+    Ok(queue)
+}
+
+/// Checks a lock path given by the user: absolute, no empty, `.` or `..` segments, not the
+/// root, not under `/zookeeper`, no control characters.
+pub fn validate_lock_path(path: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(anyhow!(
+            "invalid lock path '{}': {why}",
+            path.escape_debug()
+        ))
+    };
+    if !path.starts_with('/') {
+        return bad("must start with '/'");
+    }
+    if path == "/" {
+        return bad("the root cannot be a lock");
+    }
+    if path.ends_with('/') {
+        return bad("must not end with '/'");
+    }
+    if path.chars().any(|c| {
+        c.is_control()
+            || ('\u{e000}'..='\u{f8ff}').contains(&c)
+            || ('\u{fff0}'..='\u{ffff}').contains(&c)
+    }) {
+        return bad("contains a character ZooKeeper does not allow");
+    }
+    for seg in path[1..].split('/') {
+        match seg {
+            "" => return bad("empty path segment ('//')"),
+            "." | ".." => return bad("'.' and '..' segments are not allowed"),
+            _ => {}
+        }
+    }
+    if path == "/zookeeper" || path.starts_with("/zookeeper/") {
+        return bad("/zookeeper is reserved by the server");
+    }
+    Ok(())
+}
+
+/// Our lock node, once created.
+#[derive(Clone, Debug)]
+pub struct OurNode {
+    /// Full path (below any chroot).
+    pub path: String,
+    /// The child name.
+    pub name: String,
+    /// The zxid of the create: the fencing token.
+    pub czxid: i64,
+    /// When the create was sent, on the deadline clock: the leader validated our session after this.
+    pub create_sent: Duration,
+}
+
+/// Where we stand in the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Turn {
+    Ours,
+    Behind { predecessor: String, ahead: usize },
+}
+
+/// How an acquisition attempt ended.
+#[derive(Debug)]
+pub enum Acquired {
+    /// The lock is ours. `waited` says whether we had to wait for a predecessor.
+    Yes { waited: bool },
+    /// `--no-wait` found the lock held by `ahead` contenders.
+    Held { ahead: usize },
+}
+
+/// The recipe for one lock path and one session.
+pub struct Recipe<'a, C: Clock> {
+    client: &'a Client,
+    lock: &'a str,
+    uuid: String,
+    clock: C,
+}
+
+fn ephemeral_sequential() -> CreateOptions<'static> {
+    CreateMode::EphemeralSequential.with_acls(Acls::anyone_all())
+}
+
+fn container() -> CreateOptions<'static> {
+    CreateMode::Container.with_acls(Acls::anyone_all())
+}
+
+/// Waits until the session is connected again after a ConnectionLoss; fails if it ended.
+pub async fn wait_connected(client: &Client) -> Result<(), zookeeper_client::Error> {
+    let mut watcher = client.state_watcher();
+    loop {
+        match watcher.peek_state() {
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => return Ok(()),
+            SessionState::Expired => return Err(zookeeper_client::Error::SessionExpired),
+            SessionState::Closed => return Err(zookeeper_client::Error::ClientClosed),
+            SessionState::AuthFailed => return Err(zookeeper_client::Error::AuthFailed),
+            SessionState::Disconnected => {
+                watcher.changed().await;
+            }
+        }
+    }
+}
+
+/// Runs `op`, and again after each ConnectionLoss once the session is connected again.
+pub async fn retry<T, F, Fut>(client: &Client, mut op: F) -> Result<T, zookeeper_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, zookeeper_client::Error>>,
+{
+    loop {
+        match op().await {
+            Err(zookeeper_client::Error::ConnectionLoss) => {
+                debug!("connection lost during a request; retrying once reconnected");
+                wait_connected(client).await?;
+                // The state flips before pending requests fail; a short pause avoids spinning
+                // if a reply and a reconnect race.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+impl<'a, C: Clock> Recipe<'a, C> {
+    pub fn new(client: &'a Client, lock: &'a str, clock: C) -> Self {
+        Recipe {
+            client,
+            lock,
+            uuid: uuid::Uuid::new_v4().hyphenated().to_string(),
+            clock,
+        }
+    }
+
+    fn prefix(&self) -> String {
+        format!(
+            "{}/{PROTECTED_PREFIX}{}{CURATOR_LOCK}",
+            self.lock, self.uuid
+        )
+    }
+
+    fn is_ours_by_name(&self, name: &str) -> bool {
+        name.strip_prefix(PROTECTED_PREFIX)
+            .is_some_and(|rest| rest.starts_with(&self.uuid))
+    }
+
+    /// Step 1 and 2: create our node, creating container parents on NoNode, recovering a node
+    /// whose create reply was lost.
+    pub async fn create(&self, data: &[u8]) -> Result<OurNode> {
+        let prefix = self.prefix();
+        let mut last_err = None;
+        for _ in 0..CREATE_ATTEMPTS {
+            let sent = self.clock.now();
+            match self
+                .client
+                .create(&prefix, data, &ephemeral_sequential())
+                .await
+            {
+                Ok((stat, seq)) => {
+                    let path = format!("{prefix}{seq}");
+                    let name = path[self.lock.len() + 1..].to_owned();
+                    return Ok(OurNode {
+                        path,
+                        name,
+                        czxid: stat.czxid,
+                        create_sent: sent,
+                    });
+                }
+                Err(zookeeper_client::Error::NoNode) => {
+                    debug!("{} does not exist; creating it as a container", self.lock);
+                    let parents = container();
+                    match retry(self.client, || self.client.mkdir(self.lock, &parents)).await {
+                        Ok(()) => {}
+                        Err(zookeeper_client::Error::NoNode) => {
+                            bail!(
+                                "cannot create {}: the chroot of the connect string does not exist",
+                                self.lock
+                            )
+                        }
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("cannot create {}", self.lock))
+                        }
+                    }
+                    last_err = Some(zookeeper_client::Error::NoNode);
+                }
+                Err(zookeeper_client::Error::ConnectionLoss) => {
+                    warn!("connection lost while creating the lock node; looking for it after reconnecting");
+                    wait_connected(self.client)
+                        .await
+                        .context("while recovering the lock node")?;
+                    if let Some(node) = self.find_ours(sent).await? {
+                        return Ok(node);
+                    }
+                    last_err = Some(zookeeper_client::Error::ConnectionLoss);
+                }
+                Err(zookeeper_client::Error::NoChildrenForEphemerals) => {
+                    bail!(
+                        "cannot lock {}: it is an ephemeral node, which cannot have children",
+                        self.lock
+                    )
+                }
+                Err(zookeeper_client::Error::NoAuth) => {
+                    bail!("not allowed to create nodes under {} (ACL)", self.lock)
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot create a lock node under {}", self.lock))
+                }
+            }
+        }
+        Err(anyhow!(
+            "cannot create a lock node under {} after {CREATE_ATTEMPTS} attempts: {:?}",
+            self.lock,
+            last_err
+        ))
+    }
+
+    /// After a lost create reply: our uuid's node, adopted only if our session owns it; any
+    /// other node with our uuid is deleted.
+    async fn find_ours(&self, sent: Duration) -> Result<Option<OurNode>> {
+        // The lost create may still be on its way through the leader: sync first.
+        retry(self.client, || self.client.sync(self.lock))
+            .await
+            .ok();
+        let children = match retry(self.client, || self.client.list_children(self.lock)).await {
+            Ok(c) => c,
+            Err(zookeeper_client::Error::NoNode) => return Ok(None),
+            Err(e) => return Err(e).context("while looking for our lock node"),
+        };
+        let session = self.client.session_id().0;
+        let mut adopted = None;
+        for name in children.into_iter().filter(|n| self.is_ours_by_name(n)) {
+            let path = format!("{}/{name}", self.lock);
+            match retry(self.client, || self.client.get_data(&path)).await {
+                Ok((_, stat)) if stat.ephemeral_owner == session && adopted.is_none() => {
+                    info!("recovered our lock node {name} after a lost reply");
+                    adopted = Some(OurNode {
+                        path,
+                        name,
+                        czxid: stat.czxid,
+                        create_sent: sent,
+                    });
+                }
+                Ok(_) => {
+                    warn!("deleting stray node {name} that carries our id but not our session");
+                    match retry(self.client, || self.client.delete(&path, None)).await {
+                        Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+                        Err(e) => {
+                            return Err(e)
+                                .with_context(|| format!("cannot delete stray node {path}"))
+                        }
+                    }
+                }
+                Err(zookeeper_client::Error::NoNode) => {}
+                Err(e) => return Err(e).context("while looking for our lock node"),
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// Step 3: our place in the queue, from one listing.
+    pub async fn turn(&self, node: &OurNode) -> Result<Turn> {
+        let children = retry(self.client, || self.client.list_children(self.lock))
+            .await
+            .with_context(|| format!("cannot list {}", self.lock))?;
+        let queue = queue(self.lock, &children)?;
+        let Some(pos) = queue.iter().position(|c| c.name == node.name) else {
+            bail!("our lock node {} vanished while waiting (deleted by someone, or the session was lost)", node.path);
+        };
+        if pos == 0 {
+            Ok(Turn::Ours)
+        } else {
+            Ok(Turn::Behind {
+                predecessor: queue[pos - 1].name.clone(),
+                ahead: pos,
+            })
+        }
+    }
+
+    /// Waits until our node is the lowest, watching only the immediate predecessor.
+    pub async fn wait_turn(&self, node: &OurNode, no_wait: bool) -> Result<Acquired> {
+        let mut waited = false;
+        let mut told = usize::MAX;
+        loop {
+            let (predecessor, ahead) = match self.turn(node).await? {
+                Turn::Ours => return Ok(Acquired::Yes { waited }),
+                Turn::Behind { predecessor, ahead } => (predecessor, ahead),
+            };
+            if no_wait {
+                return Ok(Acquired::Held { ahead });
+            }
+            if ahead != told {
+                info!("waiting for {} behind {ahead} holder/waiter(s)", self.lock);
+                told = ahead;
+            }
+            waited = true;
+            let path = format!("{}/{predecessor}", self.lock);
+            let watcher = match retry(self.client, || self.client.get_and_watch_data(&path)).await {
+                Ok((_, _, watcher)) => watcher,
+                Err(zookeeper_client::Error::NoNode) => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot watch {path}")),
+            };
+            let event = watcher.changed().await;
+            if event.event_type == EventType::Session && event.session_state.is_terminated() {
+                bail!(
+                    "the ZooKeeper session ended while waiting ({})",
+                    event.session_state
+                );
+            }
+            debug!("predecessor {predecessor}: {}", event.event_type);
+        }
+    }
+
+    /// Deletes our node and awaits the reply. Without a node (a cancelled create), deletes
+    /// whatever node carries our uuid. A node already gone, or gone with an expired session,
+    /// is fine.
+    pub async fn release(&self, node: Option<&OurNode>) -> Result<()> {
+        let paths = match node {
+            Some(node) => vec![node.path.clone()],
+            None => {
+                retry(self.client, || self.client.sync(self.lock))
+                    .await
+                    .ok();
+                match retry(self.client, || self.client.list_children(self.lock)).await {
+                    Ok(children) => children
+                        .into_iter()
+                        .filter(|n| self.is_ours_by_name(n))
+                        .map(|n| format!("{}/{n}", self.lock))
+                        .collect(),
+                    Err(
+                        zookeeper_client::Error::NoNode | zookeeper_client::Error::SessionExpired,
+                    ) => vec![],
+                    Err(e) => return Err(e).context("while looking for our lock node to delete"),
+                }
+            }
+        };
+        for path in paths {
+            match retry(self.client, || self.client.delete(&path, None)).await {
+                Ok(()) => debug!("deleted {path}"),
+                Err(zookeeper_client::Error::NoNode) => debug!("{path} was already gone"),
+                Err(zookeeper_client::Error::SessionExpired) => {
+                    debug!("{path} went with the expired session")
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot delete our lock node {path}"))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn classifies_the_recipes_that_share_lock_directories() {
+        let c = classify("_c_0f8e3f4c-8a1b-4a53-9b0e-2c7f4d1e9a10-lock-0000000007").unwrap();
+        assert_eq!((c.kind, c.seq), (NodeKind::CuratorMutex, 7));
+        assert_eq!(
+            classify("lock-0000000003").unwrap().kind,
+            NodeKind::CuratorMutex
+        );
+        assert_eq!(
+            classify("_c_x-__READ__0000000001").unwrap().kind,
+            NodeKind::CuratorRead
+        );
+        assert_eq!(
+            classify("_c_x-__WRIT__0000000001").unwrap().kind,
+            NodeKind::CuratorWrite
+        );
+        let k = classify("3b1f0c2d9e8a4b7c6d5e4f3a2b1c0d9e__lock__0000000012").unwrap();
+        assert_eq!((k.kind, k.seq), (NodeKind::KazooLock, 12));
+        assert_eq!(
+            classify("ab__rlock__0000000002").unwrap().kind,
+            NodeKind::KazooRead
+        );
+        assert_eq!(classify("_c_x-lock-0000000000000000009").unwrap().seq, 9);
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_classify() {
+        for name in [
+            "config",
+            "lock",
+            "lock-12",
+            "__lock__0000000001",
+            "_c_x-lock-00000000a1",
+            "leader-0000000001",
+            "-lock-",
+        ] {
+            assert_eq!(classify(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn queue_orders_mixed_recipes_by_sequence() {
+        let children = names(&[
+            "_c_b-lock-0000000005",
+            "aa__lock__0000000002",
+            "_c_a-lock-0000000009",
+            "_c_c-__READ__0000000001",
+        ]);
+        let q = queue("/l", &children).unwrap();
+        let order: Vec<i64> = q.iter().map(|c| c.seq).collect();
+        assert_eq!(order, vec![1, 2, 5, 9]);
+    }
+
+    #[test]
+    fn queue_refuses_unknown_children() {
+        let err = queue("/locks/x", &names(&["_c_a-lock-0000000001", "notes.txt"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'notes.txt'"), "{err}");
+        assert!(err.contains("/locks/x"), "{err}");
+    }
+
+    #[test]
+    fn lock_paths() {
+        for ok in ["/a", "/locks/nightly-report", "/a/b/c", "/x y"] {
+            validate_lock_path(ok).unwrap();
+        }
+        for (bad, why) in [
+            ("a", "start with"),
+            ("/", "root"),
+            ("/a/", "end with"),
+            ("/a//b", "empty"),
+            ("/a/./b", "'.'"),
+            ("/a/..", "'.'"),
+            ("/zookeeper/x", "reserved"),
+            ("/zookeeper", "reserved"),
+            ("/a\u{1}b", "character"),
+        ] {
+            let e = validate_lock_path(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        validate_lock_path("/zookeeperx").unwrap();
+    }
+}

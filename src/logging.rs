@@ -1,0 +1,65 @@
+//! Messages on stderr, prefixed `zklock: `. Quiet by default (warnings and errors, for cron
+//! mail), `-v` for lifecycle events, `-vv` for debugging, `-q` for errors only.
+//! `ZKLOCK_LOG` (tracing target syntax, e.g. `zklock=debug,zookeeper_client=info`) overrides.
+
+use std::fmt;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
+
+struct Prefixed;
+
+impl<S, N> FormatEvent<S, N> for Prefixed
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let level = match *event.metadata().level() {
+            Level::ERROR => "error: ",
+            Level::WARN => "warning: ",
+            Level::INFO => "",
+            Level::DEBUG => "debug: ",
+            Level::TRACE => "trace: ",
+        };
+        write!(w, "zklock: {level}")?;
+        if !event.metadata().target().starts_with("zklock") {
+            write!(w, "[{}] ", event.metadata().target())?;
+        }
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+pub fn init(verbose: u8, quiet: bool) {
+    let (ours, theirs) = match (quiet, verbose) {
+        (true, _) => (LevelFilter::ERROR, LevelFilter::OFF),
+        (false, 0) => (LevelFilter::WARN, LevelFilter::ERROR),
+        (false, 1) => (LevelFilter::INFO, LevelFilter::WARN),
+        (false, 2) => (LevelFilter::DEBUG, LevelFilter::INFO),
+        (false, _) => (LevelFilter::TRACE, LevelFilter::TRACE),
+    };
+    let filter = std::env::var("ZKLOCK_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| {
+            Targets::new()
+                .with_target("zklock", ours)
+                .with_default(theirs)
+        });
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .event_format(Prefixed);
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .init();
+}

@@ -1,0 +1,313 @@
+//! `zklock run`: connect, acquire, spawn, supervise, release — in that order, with every exit
+//! path releasing what it took.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
+use tracing::{debug, info, warn};
+use zookeeper_client::{Client, SessionState};
+
+use crate::child::{self, Child};
+use crate::cli::{ConnectArgs, RunArgs};
+use crate::clock::{BootClock, Clock};
+use crate::config::{Budget, BudgetRequest};
+use crate::exit;
+use crate::lock::{self, Acquired, OurNode, Recipe};
+use crate::nodedata::NodeData;
+use crate::session::Monitor;
+use crate::signals::Signals;
+use crate::supervise::{Outcome, Supervisor};
+
+/// How long closing the session may take before zklock exits anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects, within `connect_timeout`, retrying while no server answers.
+pub async fn connect(args: &ConnectArgs) -> Result<Client> {
+    let connector = Client::connector()
+        .with_session_timeout(args.session_timeout)
+        .with_fail_eagerly();
+    let deadline = tokio::time::Instant::now() + args.connect_timeout;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, connector.clone().connect(&args.zk)).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(
+                e @ (zookeeper_client::Error::NoHosts
+                | zookeeper_client::Error::Timeout
+                | zookeeper_client::Error::ConnectionLoss),
+            )) => {
+                debug!("connect attempt failed: {e}");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+            Ok(Err(zookeeper_client::Error::BadArguments(why))) => {
+                bail!("invalid connect string '{}': {why}", args.zk)
+            }
+            Ok(Err(e)) => {
+                return Err(e)
+                    .with_context(|| format!("cannot connect to ZooKeeper at {}", args.zk))
+            }
+            Err(_) => break,
+        }
+    }
+    Err(anyhow!(
+        "cannot connect to ZooKeeper at {} within {}{}",
+        args.zk,
+        humantime::format_duration(args.connect_timeout),
+        last.map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default()
+    ))
+}
+
+/// Closes the session and waits (briefly) for the server to confirm.
+pub async fn close(client: Client) {
+    let mut watcher = client.state_watcher();
+    drop(client);
+    if watcher.peek_state().is_terminated() {
+        return;
+    }
+    let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while !watcher.changed().await.is_terminated() {}
+    })
+    .await;
+    if closed.is_err() {
+        debug!("the session did not confirm closing within {CLOSE_TIMEOUT:?}");
+    }
+}
+
+/// Fails fast, before touching the lock, when the command cannot be found or run.
+fn precheck_command(argv0: &OsString) -> Result<(), (u8, String)> {
+    let name = argv0.to_string_lossy();
+    match which::which(argv0) {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let path = std::path::Path::new(argv0);
+            if path.components().count() > 1 || name.contains('/') {
+                if path.exists() {
+                    return Err((
+                        exit::NOT_EXECUTABLE,
+                        format!("cannot run '{name}': not an executable file"),
+                    ));
+                }
+                return Err((
+                    exit::NOT_FOUND,
+                    format!("cannot run '{name}': no such file"),
+                ));
+            }
+            Err((
+                exit::NOT_FOUND,
+                format!("cannot run '{name}': command not found in PATH"),
+            ))
+        }
+    }
+}
+
+/// What ended the wait for the lock.
+enum WaitEnd {
+    Done(Result<Acquired>),
+    Signal(Signal),
+    TimedOut,
+    SessionEnded(SessionState),
+}
+
+async fn session_ended(client: &Client) -> SessionState {
+    let mut watcher = client.state_watcher();
+    loop {
+        let state = watcher.peek_state();
+        if state.is_terminated() {
+            return state;
+        }
+        watcher.changed().await;
+    }
+}
+
+/// `zklock run`. Returns the exit status; `Err` is a zklock failure (125) with its message.
+pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u8> {
+    lock::validate_lock_path(&args.lock)?;
+    if let Err((code, msg)) = precheck_command(&args.command[0]) {
+        eprintln!("zklock: error: {msg}");
+        return Ok(code);
+    }
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    child::become_subreaper();
+
+    let client = tokio::select! {
+        r = connect(&args.connect) => r?,
+        sig = signals.recv_terminating() => {
+            info!("got {sig} while connecting; giving up");
+            return Ok(exit::from_signal(sig as i32));
+        }
+    };
+    let result = hold(&client, &args, &mut signals, started_at, t0).await;
+    close(client).await;
+    result
+}
+
+/// Deletes whatever node this attempt created (found by our uuid if the create was cut short).
+async fn abandon<C: Clock>(recipe: &Recipe<'_, C>, created: Option<&OurNode>) {
+    if let Err(e) = recipe.release(created).await {
+        warn!("{e:#}");
+    }
+}
+
+/// Everything that needs the session: budget, acquisition, the command, release of the node.
+async fn hold(
+    client: &Client,
+    args: &RunArgs,
+    signals: &mut Signals,
+    started_at: SystemTime,
+    t0: Instant,
+) -> Result<u8> {
+    let clock = BootClock;
+    let session_timeout = client.session_timeout();
+    debug!(
+        "connected: session {} with a negotiated timeout of {session_timeout:?}",
+        client.session_id()
+    );
+    let budget = Budget::compute(BudgetRequest {
+        session_timeout,
+        tick: args.connect.server_tick,
+        threshold: args.disconnect_threshold,
+        grace: args.grace,
+    })?;
+    debug!("{}", budget.describe());
+
+    let data =
+        NodeData::for_this_process(args.label.as_deref(), &args.command[0], started_at).to_bytes();
+    let recipe = Recipe::new(client, &args.lock, clock);
+    let mut created: Option<OurNode> = None;
+    let wait_deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
+
+    let end = {
+        let acquire = async {
+            let node = recipe.create(&data).await?;
+            created = Some(node.clone());
+            recipe.wait_turn(&node, args.no_wait).await
+        };
+        tokio::select! {
+            r = acquire => WaitEnd::Done(r),
+            sig = signals.recv_terminating() => WaitEnd::Signal(sig),
+            () = async { match wait_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => WaitEnd::TimedOut,
+            state = session_ended(client) => WaitEnd::SessionEnded(state),
+        }
+    };
+    let waited = match end {
+        WaitEnd::Done(Ok(Acquired::Yes { waited })) => waited,
+        other => {
+            abandon(&recipe, created.as_ref()).await;
+            return match other {
+                WaitEnd::Done(Ok(Acquired::Held { ahead })) => {
+                    info!(
+                        "{} is held ({ahead} ahead of us); not waiting (--no-wait)",
+                        args.lock
+                    );
+                    Ok(args.conflict_exit_code)
+                }
+                WaitEnd::Signal(sig) => {
+                    info!("got {sig} while waiting for {}; giving up", args.lock);
+                    Ok(exit::from_signal(sig as i32))
+                }
+                WaitEnd::TimedOut => {
+                    warn!(
+                        "gave up waiting for {} after {}",
+                        args.lock,
+                        humantime::format_duration(args.wait.unwrap_or_default())
+                    );
+                    Ok(args.conflict_exit_code)
+                }
+                WaitEnd::SessionEnded(state) => Err(anyhow!(
+                    "the ZooKeeper session ended while waiting for {} ({state})",
+                    args.lock
+                )),
+                WaitEnd::Done(Err(e)) => Err(e),
+                WaitEnd::Done(Ok(Acquired::Yes { .. })) => unreachable!("handled above"),
+            };
+        }
+    };
+    let node = created.clone().expect("an acquired lock has a node");
+
+    // t_ok: the create was validated by the leader after it was sent. After a wait, confirm
+    // again through the leader before starting the command.
+    let t_ok = if waited {
+        let sent = clock.now();
+        let confirmed = lock::retry(client, || async {
+            client
+                .new_check_writer(&node.path, None)?
+                .commit()
+                .await
+                .map_err(zookeeper_client::Error::from)
+        })
+        .await;
+        if let Err(e) = confirmed {
+            abandon(&recipe, Some(&node)).await;
+            bail!("lost the lock before the command could start: {e}");
+        }
+        sent
+    } else {
+        node.create_sent
+    };
+
+    let env = [
+        ("ZKLOCK_LOCK", args.lock.clone()),
+        ("ZKLOCK_NODE", node.path.clone()),
+        ("ZKLOCK_FENCING_TOKEN", node.czxid.to_string()),
+        ("ZKLOCK_SESSION_ID", client.session_id().to_string()),
+    ];
+    let mut child: Child = match child::spawn(&args.command, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "zklock: error: cannot run '{}': {e}",
+                args.command[0].to_string_lossy()
+            );
+            abandon(&recipe, Some(&node)).await;
+            return Ok(exit::from_spawn_error(&e));
+        }
+    };
+    info!(
+        "acquired {} in {:.1?} (token {}); started {} as pid {}",
+        args.lock,
+        t0.elapsed(),
+        node.czxid,
+        args.command[0].to_string_lossy(),
+        child.pid()
+    );
+
+    let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
+    let watchdog = crate::session::Watchdog::new(&budget, t_ok);
+    let Outcome { status, loss } = Supervisor {
+        child: &mut child,
+        monitor: &mut monitor,
+        signals,
+        watchdog,
+        stop_signal: args.kill_signal,
+        clock,
+    }
+    .run()
+    .await;
+
+    // Release order: the command and its whole group gone -> our node deleted -> session
+    // closed (by the caller).
+    child.drain(args.kill_signal, budget.grace).await;
+    monitor.stop().await;
+    abandon(&recipe, Some(&node)).await;
+
+    let code = match (loss, status) {
+        (Some(why), _) => {
+            eprintln!(
+                "zklock: error: lost {} while the command ran ({why}); the command was stopped",
+                args.lock
+            );
+            exit::LOCK_LOST
+        }
+        (None, Ok(status)) => exit::from_child(status),
+        (None, Err(e)) => bail!("lost track of the command: {e}"),
+    };
+    debug!("released {} after {:.1?}", args.lock, t0.elapsed());
+    Ok(code)
+}
