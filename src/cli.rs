@@ -131,6 +131,22 @@ pub struct RunArgs {
     pub label: Option<String>,
 }
 
+/// A clap error as one line: `error: <what>` without the usage block and the tip.
+pub fn one_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    if first.is_empty() {
+        "error: invalid usage".to_owned()
+    } else {
+        first.join(" ")
+    }
+}
+
 /// A humantime duration: `10s`, `1m30s`, `250ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
@@ -162,6 +178,23 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let e = Cli::try_parse_from(["zklock", "run", "/l"]).unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "error: the following required arguments were not provided: <COMMAND>..."
+        );
+        let e = Cli::try_parse_from(["zklock", "run", "--wait", "soon", "/l", "--", "true"])
+            .unwrap_err();
+        assert!(!one_line(&e).contains('\n'));
+        assert!(
+            one_line(&e).contains("'soon' is not a duration"),
+            "{}",
+            one_line(&e)
+        );
     }
 
     #[test]

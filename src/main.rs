@@ -8,14 +8,15 @@ fn main() -> ExitCode {
     let started_at = SystemTime::now();
     let cli = match zklock::cli::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
             let _ = e.print();
-            // --help and --version are not errors; usage errors are zklock failures.
-            return ExitCode::from(if e.use_stderr() {
-                zklock::exit::FAILURE
-            } else {
-                0
-            });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Usage errors are zklock failures, reported on one line like every other.
+            eprintln!("zklock: {}; see 'zklock --help'", zklock::cli::one_line(&e));
+            return ExitCode::from(zklock::exit::FAILURE);
         }
     };
     ExitCode::from(zklock::main_with(cli, t0, started_at))

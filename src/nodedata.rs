@@ -86,7 +86,7 @@ mod tests {
             started,
         );
         assert_eq!(d.command, "report.sh");
-        assert_eq!(d.started_at, "2026-11-19T08:26:40.123Z");
+        assert_eq!(d.started_at, "2026-11-18T11:06:40.123Z");
         assert_eq!(d.pid, std::process::id());
         let bytes = d.to_bytes();
         assert_eq!(NodeData::parse(&bytes), Some(d));

@@ -1,0 +1,4 @@
+mod harness_smoke;
+mod run;
+mod support;
+mod util;

@@ -1,0 +1,665 @@
+//! `zklock run` against real ZooKeeper: mutual exclusion, FIFO, fencing tokens, exit codes,
+//! child handling, signals and faults. Tests on the shared server use distinct lock paths;
+//! tests that freeze or kill a server start their own.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::support::{self, shared_zk, unique_lock_path, wait_for_file_line, ZkOptions, ZkServer};
+use crate::util::*;
+
+fn shared() -> Zk {
+    Zk::connect(&shared_zk().connect_string())
+}
+
+fn code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| panic!("zklock died of a signal: {status:?}"))
+}
+
+/// A command that records `start <id> <token>` and `end <id>` around a short critical section.
+fn marking_command(marks: &str, id: usize) -> Vec<String> {
+    let script =
+        r#"echo "start $2 $ZKLOCK_FENCING_TOKEN" >> "$1"; sleep 0.2; echo "end $2" >> "$1""#;
+    vec![
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+        marks.into(),
+        id.to_string(),
+    ]
+}
+
+#[test]
+fn concurrent_runs_never_overlap_in_fifo_order_with_rising_tokens() {
+    const N: usize = 6;
+    let zk = shared();
+    let lock = unique_lock_path("fifo");
+    let dir = TempDir::new().unwrap();
+    let marks = dir.path().join("marks").to_string_lossy().into_owned();
+    let mut children = Vec::new();
+    for id in 0..N {
+        let argv = marking_command(&marks, id);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        children.push(run_shared(&lock, &[], &argv).spawn().unwrap());
+        // Arrival order is queue order: wait until this contender's node is in the queue.
+        zk.wait_children(&lock, id + 1);
+    }
+    for c in &mut children {
+        assert_eq!(code(wait_status(c)), 0);
+    }
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 2 * N, "{text}");
+    let mut last_token = 0i64;
+    for (i, pair) in lines.chunks(2).enumerate() {
+        // start/end strictly paired: no two critical sections overlap.
+        assert_eq!(pair[0][0], "start", "{text}");
+        assert_eq!(pair[1], vec!["end", pair[0][1]], "{text}");
+        // FIFO: the i-th holder is the i-th to arrive.
+        assert_eq!(pair[0][1], i.to_string(), "{text}");
+        let token: i64 = pair[0][2].parse().unwrap();
+        assert!(token > last_token, "tokens must strictly rise: {text}");
+        last_token = token;
+    }
+    assert!(zk.children(&lock).is_empty(), "lock nodes left behind");
+}
+
+#[test]
+fn stdout_is_the_commands_and_stderr_is_quiet() {
+    let lock = unique_lock_path("stdout");
+    let out = output(run_shared(&lock, &[], &["echo", "hello", "a  b"]));
+    assert_eq!(stdout(&out), "hello a  b\n");
+    assert_eq!(stderr(&out), "");
+    assert!(out.status.success());
+}
+
+#[test]
+fn stdin_is_the_commands() {
+    use std::io::Write;
+    let lock = unique_lock_path("stdin");
+    let mut cmd = run_shared(&lock, &[], &["cat"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin\n")
+        .unwrap();
+    let out = wait_output(child);
+    assert_eq!(stdout(&out), "from stdin\n");
+    assert!(out.status.success());
+}
+
+#[test]
+fn environment_and_node_data_describe_the_holder() {
+    let zk = shared();
+    let lock = unique_lock_path("env");
+    let dir = TempDir::new().unwrap();
+    let env_file = dir.path().join("env");
+    let script = r#"env | grep '^ZKLOCK_' | sort > "$1.tmp"; mv "$1.tmp" "$1"; while [ ! -e "$1.go" ]; do sleep 0.02; done"#;
+    let mut child = run_shared(
+        &lock,
+        &["--label", "nightly report"],
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            env_file.to_str().unwrap(),
+            "secret-arg",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let env = wait_for_file_line(&env_file, "ZKLOCK_SESSION_ID", PATIENCE);
+    let get = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing: {env}"))
+            .to_owned()
+    };
+    assert_eq!(get("ZKLOCK_LOCK"), lock);
+    let node = get("ZKLOCK_NODE");
+    let name = node
+        .strip_prefix(&format!("{lock}/"))
+        .expect("node under the lock");
+    assert!(
+        name.starts_with("_c_") && name.contains("-lock-"),
+        "Curator-style name: {name}"
+    );
+    let (data, stat) = zk
+        .data(&node)
+        .expect("our node exists while the command runs");
+    assert_eq!(get("ZKLOCK_FENCING_TOKEN"), stat.czxid.to_string());
+    assert_eq!(
+        get("ZKLOCK_SESSION_ID"),
+        format!("{:#x}", stat.ephemeral_owner)
+    );
+
+    let doc: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    assert_eq!(doc["zklock"], 1);
+    assert_eq!(doc["pid"], child.id());
+    assert_eq!(doc["label"], "nightly report");
+    assert_eq!(doc["command"], "sh");
+    assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        !String::from_utf8_lossy(&data).contains("secret-arg"),
+        "arguments must not be stored"
+    );
+    assert!(doc["started_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        doc["host"],
+        nix::unistd::gethostname()
+            .unwrap()
+            .to_string_lossy()
+            .as_ref()
+    );
+
+    std::fs::write(dir.path().join("env.go"), "").unwrap();
+    assert_eq!(code(wait_status(&mut child)), 0);
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
+fn exit_status_of_the_command_is_passed_through() {
+    let lock = unique_lock_path("status");
+    for (script, expected) in [
+        ("exit 0", 0),
+        ("exit 3", 3),
+        ("exit 124", 124),
+        ("kill -USR1 $$", 128 + 10),
+        ("kill -KILL $$", 137),
+    ] {
+        let out = output(run_shared(&lock, &[], &["sh", "-c", script]));
+        assert_eq!(code(out.status), expected, "{script}: {}", stderr(&out));
+    }
+    assert!(shared().children(&lock).is_empty());
+}
+
+/// Holds `lock` with a command that waits for a file; returns (zklock child, file to create).
+fn hold(lock: &str, dir: &TempDir, name: &str) -> (std::process::Child, std::path::PathBuf) {
+    let ready = dir.path().join(format!("{name}.ready"));
+    let go = dir.path().join(format!("{name}.go"));
+    let script = r#"echo $$ > "$1"; while [ ! -e "$2" ]; do sleep 0.02; done"#;
+    let child = run_shared(
+        lock,
+        &[],
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            ready.to_str().unwrap(),
+            go.to_str().unwrap(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    read_pid(&ready);
+    (child, go)
+}
+
+#[test]
+fn conflict_exit_codes_for_no_wait_and_wait() {
+    let zk = shared();
+    let lock = unique_lock_path("conflict");
+    let dir = TempDir::new().unwrap();
+    let (mut holder, go) = hold(&lock, &dir, "holder");
+
+    let out = output(run_shared(&lock, &["-n"], &["echo", "never"]));
+    assert_eq!(code(out.status), 75, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(stderr(&out), "", "-n on a held lock is silent by default");
+
+    let out = output(run_shared(&lock, &["-n", "-E", "9"], &["echo", "never"]));
+    assert_eq!(code(out.status), 9);
+
+    let out = output(run_shared(&lock, &["-w", "300ms"], &["echo", "never"]));
+    assert_eq!(code(out.status), 75);
+    assert!(stderr(&out).contains("gave up waiting"), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+
+    // Only the holder's node remains.
+    assert_eq!(zk.children(&lock).len(), 1);
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(code(wait_status(&mut holder)), 0);
+
+    // Free again: -n runs the command.
+    let out = output(run_shared(&lock, &["-n"], &["echo", "ran"]));
+    assert_eq!((code(out.status), stdout(&out).as_str()), (0, "ran\n"));
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
+fn zklock_failures_exit_125_with_one_line() {
+    let zk = shared_zk();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run", "relative/path", "--", "true"],
+            "invalid lock path",
+        ),
+        (vec!["run", "/a//b", "--", "true"], "invalid lock path"),
+        (
+            vec!["run", "--grace", "1h", "/it/x", "--", "true"],
+            "--grace 1h leaves no time",
+        ),
+        (
+            vec!["run", "--kill-signal", "NOPE", "/it/x", "--", "true"],
+            "not a signal",
+        ),
+        (vec!["run", "--bogus", "/it/x", "--", "true"], "--bogus"),
+        (vec!["run", "/it/x"], "required"),
+        (
+            vec![
+                "run",
+                "-z",
+                "127.0.0.1:1",
+                "--connect-timeout",
+                "300ms",
+                "/it/x",
+                "--",
+                "true",
+            ],
+            "cannot connect to ZooKeeper at 127.0.0.1:1",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut cmd = zklock(&zk.connect_string());
+        cmd.args(&args);
+        let out = output(cmd);
+        let err = stderr(&out);
+        assert_eq!(code(out.status), 125, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("zklock: error: "), "{err}");
+    }
+}
+
+#[test]
+fn command_not_found_or_not_executable() {
+    let zk = shared();
+    let lock = unique_lock_path("spawnerr");
+    let dir = TempDir::new().unwrap();
+    let plain = dir.path().join("plain-file");
+    std::fs::write(&plain, "echo hi\n").unwrap();
+
+    let out = output(run_shared(&lock, &[], &["no-such-command-zklock"]));
+    assert_eq!(code(out.status), 127, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-command-zklock"));
+    let out = output(run_shared(
+        &lock,
+        &[],
+        &[dir.path().join("missing").to_str().unwrap()],
+    ));
+    assert_eq!(code(out.status), 127, "{}", stderr(&out));
+    let out = output(run_shared(&lock, &[], &[plain.to_str().unwrap()]));
+    assert_eq!(code(out.status), 126, "{}", stderr(&out));
+    // A directory on the path is not executable either.
+    let out = output(run_shared(&lock, &[], &[dir.path().to_str().unwrap()]));
+    assert_eq!(code(out.status), 126, "{}", stderr(&out));
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
+fn operator_deleting_the_node_stops_the_command_with_124_even_if_it_exits_0() {
+    let zk = shared();
+    let lock = unique_lock_path("opdelete");
+    let dir = TempDir::new().unwrap();
+    let ready = dir.path().join("ready");
+    let termed = dir.path().join("termed");
+    // Exits 0 on TERM: zklock must still report the loss.
+    let script =
+        r#"trap 'echo TERM > "$2"; exit 0' TERM; echo $$ > "$1"; while :; do sleep 0.02; done"#;
+    let child = run_shared(
+        &lock,
+        &["--grace", "3s"],
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            ready.to_str().unwrap(),
+            termed.to_str().unwrap(),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    read_pid(&ready);
+    let nodes = zk.children(&lock);
+    assert_eq!(nodes.len(), 1);
+    zk.delete(&format!("{lock}/{}", nodes[0]));
+    let out = wait_output(child);
+    assert_eq!(code(out.status), 124, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("our lock node was deleted"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&termed).unwrap(), "TERM\n");
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
+fn whole_group_is_killed_after_grace_when_it_ignores_the_stop_signal() {
+    let zk = shared();
+    let lock = unique_lock_path("group");
+    let dir = TempDir::new().unwrap();
+    let leader_pid = dir.path().join("leader");
+    let grandchild_pid = dir.path().join("grandchild");
+    let termed = dir.path().join("termed");
+    // Leader and grandchild both ignore TERM (the grandchild records that it got it).
+    let script = r#"
+        sh -c 'trap "echo TERM >> $2" TERM; echo $$ > "$1"; while :; do sleep 0.02; done' sh "$2" "$3" &
+        trap '' TERM
+        echo $$ > "$1"
+        while :; do sleep 0.02; done"#;
+    let mut child = run_shared(
+        &lock,
+        &["--grace", "500ms"],
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            leader_pid.to_str().unwrap(),
+            grandchild_pid.to_str().unwrap(),
+            termed.to_str().unwrap(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let leader = read_pid(&leader_pid);
+    let grandchild = read_pid(&grandchild_pid);
+    assert!(alive(leader) && alive(grandchild));
+    let nodes = zk.children(&lock);
+    zk.delete(&format!("{lock}/{}", nodes[0]));
+    assert_eq!(code(wait_status(&mut child)), 124);
+    // The stop signal reached the grandchild (same group), and SIGKILL ended both.
+    assert!(std::fs::read_to_string(&termed).unwrap().contains("TERM"));
+    support::wait_until(PATIENCE, "the group to be gone", || {
+        !alive(leader) && !alive(grandchild)
+    });
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
+fn stragglers_left_by_a_finished_command_are_stopped_before_release() {
+    let zk = shared();
+    let lock = unique_lock_path("straggler");
+    let dir = TempDir::new().unwrap();
+    let bg = dir.path().join("bg");
+    let script = r#"sleep 300 & echo $! > "$1"; exit 5"#;
+    let out = output(run_shared(
+        &lock,
+        &["--grace", "500ms"],
+        &["sh", "-c", script, "sh", bg.to_str().unwrap()],
+    ));
+    assert_eq!(
+        code(out.status),
+        5,
+        "the leader's status is kept: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("left processes in its group"),
+        "{}",
+        stderr(&out)
+    );
+    let pid = read_pid(&bg);
+    assert!(!alive(pid), "background process {pid} outlived the lock");
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
+fn signals_to_zklock_reach_the_commands_group() {
+    let lock = unique_lock_path("signals");
+    let dir = TempDir::new().unwrap();
+    let ready = dir.path().join("ready");
+    let log = dir.path().join("log");
+    let script = r#"
+        sh -c 'trap "echo child-USR1 >> $1" USR1; trap "exit 0" TERM; while :; do sleep 0.02; done' sh "$2" &
+        trap 'echo leader-USR1 >> "$2"' USR1
+        trap 'echo leader-HUP >> "$2"' HUP
+        trap 'echo leader-WINCH >> "$2"' WINCH
+        trap 'kill $!; wait; exit 7' TERM
+        echo $$ > "$1"
+        while :; do sleep 0.02; done"#;
+    let mut child = run_shared(
+        &lock,
+        &[],
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            ready.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    read_pid(&ready);
+    send(child.id(), Signal::SIGUSR1);
+    wait_for_file_line(&log, "child-USR1", PATIENCE);
+    wait_for_file_line(&log, "leader-USR1", PATIENCE);
+    send(child.id(), Signal::SIGHUP);
+    wait_for_file_line(&log, "leader-HUP", PATIENCE);
+    send(child.id(), Signal::SIGWINCH);
+    wait_for_file_line(&log, "leader-WINCH", PATIENCE);
+    // TERM is forwarded too; the command's own status (7) comes back, not 124.
+    send(child.id(), Signal::SIGTERM);
+    assert_eq!(code(wait_status(&mut child)), 7);
+    assert!(shared().children(&lock).is_empty());
+}
+
+#[test]
+fn term_or_int_while_waiting_leaves_no_node() {
+    let zk = shared();
+    let lock = unique_lock_path("waitsig");
+    let dir = TempDir::new().unwrap();
+    let (mut holder, go) = hold(&lock, &dir, "holder");
+    for (sig, expected) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let waiter = run_shared(&lock, &[], &["echo", "never"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        zk.wait_children(&lock, 2);
+        send(waiter.id(), sig);
+        let out = wait_output(waiter);
+        assert_eq!(code(out.status), expected);
+        assert_eq!(stdout(&out), "");
+        assert_eq!(zk.children(&lock).len(), 1, "the waiter's node is gone");
+    }
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(code(wait_status(&mut holder)), 0);
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
+fn unknown_node_in_the_lock_directory_is_an_error_not_ignored() {
+    let zk = shared();
+    let lock = unique_lock_path("foreign");
+    zk.mkdir(&lock);
+    zk.create_persistent(&format!("{lock}/notes"), b"");
+    let out = output(run_shared(&lock, &[], &["echo", "never"]));
+    assert_eq!(code(out.status), 125);
+    assert!(
+        stderr(&out).contains("cannot classify: 'notes'"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        zk.children(&lock),
+        vec!["notes".to_string()],
+        "our node was removed"
+    );
+    zk.delete(&format!("{lock}/notes"));
+}
+
+#[test]
+fn kazoo_and_curator_contenders_are_respected() {
+    let zk = shared();
+    let lock = unique_lock_path("interop");
+    zk.mkdir(&lock);
+    for prefix in [
+        "0123456789abcdef0123456789abcdef__lock__",
+        "_c_6f1c2b9e-3a4d-4e5f-8a7b-1c2d3e4f5a6b-lock-",
+    ] {
+        let node = zk.create_ephemeral_seq(&format!("{lock}/{prefix}"), b"10.0.0.1");
+        let out = output(run_shared(&lock, &["-n"], &["echo", "never"]));
+        assert_eq!(code(out.status), 75, "{prefix}: {}", stderr(&out));
+        zk.delete(&node);
+        let out = output(run_shared(&lock, &["-n"], &["echo", "ran"]));
+        assert_eq!(stdout(&out), "ran\n", "{prefix}");
+    }
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
+fn kill_9_of_zklock_kills_the_command_and_the_lock_frees_when_the_session_expires() {
+    let zk = shared();
+    let lock = unique_lock_path("kill9");
+    let dir = TempDir::new().unwrap();
+    let pidfile = dir.path().join("pid");
+    let mut first = run_shared(
+        &lock,
+        &["--session-timeout", "2s"],
+        &[
+            "sh",
+            "-c",
+            r#"echo $$ > "$1"; exec sleep 300"#,
+            "sh",
+            pidfile.to_str().unwrap(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let command = read_pid(&pidfile);
+    let marks = dir.path().join("second");
+    let mut second = run_shared(
+        &lock,
+        &[],
+        &[
+            "sh",
+            "-c",
+            r#"echo ran > "$1""#,
+            "sh",
+            marks.to_str().unwrap(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    zk.wait_children(&lock, 2);
+    send(first.id(), Signal::SIGKILL);
+    let _ = first.wait();
+    support::wait_until(PATIENCE, "the command to die with zklock", || {
+        !alive(command)
+    });
+    // The second contender gets the lock only after the first session's node is gone.
+    assert_eq!(code(wait_status(&mut second)), 0);
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "ran\n");
+    assert!(zk.children(&lock).is_empty());
+}
+
+/// A dedicated server with tickTime 500 ms, for tests that freeze it.
+fn dedicated() -> (ZkServer, Zk) {
+    let server = ZkServer::start_with(ZkOptions::default());
+    let zk = Zk::connect(&server.connect_string());
+    (server, zk)
+}
+
+#[test]
+fn server_frozen_past_the_threshold_stops_the_command_at_the_deadline() {
+    let (server, zk) = dedicated();
+    let lock = "/frozen-long";
+    let dir = TempDir::new().unwrap();
+    let ready = dir.path().join("ready");
+    let termed = dir.path().join("termed");
+    let script =
+        r#"trap 'echo TERM > "$2"; exit 0' TERM; echo $$ > "$1"; while :; do sleep 0.02; done"#;
+    // T = 4 s, tick 500 ms: threshold about 1.9 s after the last confirmed heartbeat.
+    let child = run_cmd(
+        &server.connect_string(),
+        server.tick(),
+        lock,
+        &["--session-timeout", "4s"],
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            ready.to_str().unwrap(),
+            termed.to_str().unwrap(),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    read_pid(&ready);
+    drop(zk);
+    server.freeze();
+    // The stop signal must arrive while the server is still frozen.
+    wait_for_file_line(&termed, "TERM", PATIENCE);
+    server.thaw();
+    let out = wait_output(child);
+    assert_eq!(code(out.status), 124, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no heartbeat confirmed"),
+        "{}",
+        stderr(&out)
+    );
+    let zk = Zk::connect(&server.connect_string());
+    zk.wait_children(lock, 0);
+}
+
+#[test]
+fn server_frozen_for_a_second_is_survived() {
+    let (server, zk) = dedicated();
+    let lock = "/frozen-short";
+    let dir = TempDir::new().unwrap();
+    let ready = dir.path().join("ready");
+    let go = dir.path().join("go");
+    let termed = dir.path().join("termed");
+    let script = r#"trap 'echo TERM > "$3"; exit 0' TERM; echo $$ > "$1"; while [ ! -e "$2" ]; do sleep 0.02; done"#;
+    // T = 8 s: threshold about 4.4 s, far above a 1 s freeze.
+    let child = run_cmd(
+        &server.connect_string(),
+        server.tick(),
+        lock,
+        &["--session-timeout", "8s"],
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            ready.to_str().unwrap(),
+            go.to_str().unwrap(),
+            termed.to_str().unwrap(),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    read_pid(&ready);
+    server.freeze();
+    std::thread::sleep(Duration::from_secs(1)); // the fault's duration, not a readiness wait
+    server.thaw();
+    // The lock node is still there and still ours: the session survived.
+    assert_eq!(zk.children(lock).len(), 1);
+    std::fs::write(&go, "").unwrap();
+    let out = wait_output(child);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    assert!(!termed.exists(), "the command must not be stopped");
+    zk.wait_children(lock, 0);
+}
