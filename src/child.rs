@@ -91,10 +91,7 @@ impl Child {
     /// call after the leader was reaped.
     pub fn group_alive(&self) -> bool {
         loop {
-            match waitpid(
-                Pid::from_raw(-self.pgid.as_raw()),
-                Some(WaitPidFlag::WNOHANG),
-            ) {
+            match waitpid(Pid::from_raw(-self.pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             }
@@ -122,9 +119,7 @@ impl Child {
         if !self.group_alive() {
             return false;
         }
-        tracing::warn!(
-            "the command exited but left processes in its group; stopping them with {stop}"
-        );
+        tracing::warn!("the command exited but left processes in its group; stopping them with {stop}");
         self.signal(stop);
         if !self.wait_group_gone(grace).await {
             tracing::warn!("processes of the command's group survived {stop}; sending SIGKILL");

@@ -67,13 +67,7 @@ pub enum Command {
 #[command(next_help_heading = "Connection")]
 pub struct ConnectArgs {
     /// ZooKeeper connect string: host:port[,host:port...][/chroot]
-    #[arg(
-        short = 'z',
-        long = "zk",
-        env = "ZKLOCK_ZK",
-        default_value = "127.0.0.1:2181",
-        value_name = "CONNECT"
-    )]
+    #[arg(short = 'z', long = "zk", env = "ZKLOCK_ZK", default_value = "127.0.0.1:2181", value_name = "CONNECT")]
     pub zk: String,
 
     /// Requested session timeout; the server may negotiate another, which is what counts
@@ -134,12 +128,8 @@ pub struct RunArgs {
 /// A clap error as one line: `error: <what>` without the usage block and the tip.
 pub fn one_line(err: &clap::Error) -> String {
     let text = err.render().to_string();
-    let first: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| l.is_empty())
-        .take_while(|l| !l.is_empty())
-        .collect();
+    let first: Vec<&str> =
+        text.lines().map(str::trim).skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
     if first.is_empty() {
         "error: invalid usage".to_owned()
     } else {
@@ -149,8 +139,7 @@ pub fn one_line(err: &clap::Error) -> String {
 
 /// A humantime duration: `10s`, `1m30s`, `250ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration like 10s, 1m30s or 250ms: {e}"))
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 10s, 1m30s or 250ms: {e}"))
 }
 
 /// A signal by name (`TERM`, `SIGTERM`, case-insensitive) or number (`15`).
@@ -160,11 +149,7 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         Signal::try_from(n).map_err(|_| bad())?
     } else {
         let upper = s.to_ascii_uppercase();
-        let name = if upper.starts_with("SIG") {
-            upper
-        } else {
-            format!("SIG{upper}")
-        };
+        let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
         name.parse::<Signal>().map_err(|_| bad())?
     };
     Ok(sig)
@@ -183,18 +168,10 @@ mod tests {
     #[test]
     fn usage_errors_are_one_line() {
         let e = Cli::try_parse_from(["zklock", "run", "/l"]).unwrap_err();
-        assert_eq!(
-            one_line(&e),
-            "error: the following required arguments were not provided: <COMMAND>..."
-        );
-        let e = Cli::try_parse_from(["zklock", "run", "--wait", "soon", "/l", "--", "true"])
-            .unwrap_err();
+        assert_eq!(one_line(&e), "error: the following required arguments were not provided: <COMMAND>...");
+        let e = Cli::try_parse_from(["zklock", "run", "--wait", "soon", "/l", "--", "true"]).unwrap_err();
         assert!(!one_line(&e).contains('\n'));
-        assert!(
-            one_line(&e).contains("'soon' is not a duration"),
-            "{}",
-            one_line(&e)
-        );
+        assert!(one_line(&e).contains("'soon' is not a duration"), "{}", one_line(&e));
     }
 
     #[test]
@@ -218,32 +195,16 @@ mod tests {
 
     #[test]
     fn run_parses_argv_after_double_dash_verbatim() {
-        let cli = Cli::try_parse_from([
-            "zklock",
-            "run",
-            "-n",
-            "/l",
-            "--",
-            "sh",
-            "-c",
-            "echo a  b",
-            "--wait",
-        ])
-        .unwrap();
+        let cli = Cli::try_parse_from(["zklock", "run", "-n", "/l", "--", "sh", "-c", "echo a  b", "--wait"]).unwrap();
         let Command::Run(run) = cli.command;
         assert!(run.no_wait);
-        assert_eq!(
-            run.command,
-            ["sh", "-c", "echo a  b", "--wait"].map(OsString::from)
-        );
+        assert_eq!(run.command, ["sh", "-c", "echo a  b", "--wait"].map(OsString::from));
         assert_eq!(run.conflict_exit_code, 75);
     }
 
     #[test]
     fn run_requires_a_command_and_rejects_wait_with_no_wait() {
         assert!(Cli::try_parse_from(["zklock", "run", "/l"]).is_err());
-        assert!(
-            Cli::try_parse_from(["zklock", "run", "-n", "-w", "1s", "/l", "--", "true"]).is_err()
-        );
+        assert!(Cli::try_parse_from(["zklock", "run", "-n", "-w", "1s", "/l", "--", "true"]).is_err());
     }
 }

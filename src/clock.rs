@@ -18,8 +18,8 @@ pub struct BootClock;
 
 impl Clock for BootClock {
     fn now(&self) -> Duration {
-        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-            .expect("CLOCK_BOOTTIME is available on Linux");
+        let ts =
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is available on Linux");
         Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
     }
 }
@@ -32,9 +32,7 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn new() -> Self {
-        Self {
-            origin: tokio::time::Instant::now(),
-        }
+        Self { origin: tokio::time::Instant::now() }
     }
 }
 

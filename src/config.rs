@@ -93,10 +93,7 @@ impl Budget {
             show(req.tick),
             show(h)
         );
-        let Some(dead_by) = t_scaled
-            .checked_sub(req.tick + h)
-            .filter(|d| *d > KILL_ALLOWANCE)
-        else {
+        let Some(dead_by) = t_scaled.checked_sub(req.tick + h).filter(|d| *d > KILL_ALLOWANCE) else {
             return Err(BudgetError(format!(
                 "session timeout {} leaves no safety budget: {formula} - kill allowance {} is not positive; \
                  ask for a longer --session-timeout (or give the server's real --server-tick)",
@@ -145,18 +142,9 @@ impl Budget {
             (None, None) => (room - default_grace, default_grace),
         };
         if threshold.is_zero() {
-            return Err(BudgetError(format!(
-                "--disconnect-threshold must be positive: {budget_text}"
-            )));
+            return Err(BudgetError(format!("--disconnect-threshold must be positive: {budget_text}")));
         }
-        Ok(Budget {
-            session_timeout: t,
-            tick: req.tick,
-            heartbeat: h,
-            dead_by,
-            threshold,
-            grace,
-        })
+        Ok(Budget { session_timeout: t, tick: req.tick, heartbeat: h, dead_by, threshold, grace })
     }
 
     /// Offset from t_ok at which SIGKILL goes out (D - K).
@@ -186,12 +174,7 @@ mod tests {
     }
 
     fn req(t: u64, tick: u64) -> BudgetRequest {
-        BudgetRequest {
-            session_timeout: ms(t),
-            tick: ms(tick),
-            threshold: None,
-            grace: None,
-        }
+        BudgetRequest { session_timeout: ms(t), tick: ms(tick), threshold: None, grace: None }
     }
 
     #[test]
@@ -226,14 +209,8 @@ mod tests {
 
         r.grace = Some(ms(2_501));
         let e = Budget::compute(r).unwrap_err().to_string();
-        assert!(
-            e.contains("--disconnect-threshold 4s + --grace 2s501ms = 6s501ms does not fit"),
-            "{e}"
-        );
-        assert!(
-            e.contains("6s500ms (10s x (1 - 1%) - tick 2s - heartbeat 1s - kill allowance 400ms)"),
-            "{e}"
-        );
+        assert!(e.contains("--disconnect-threshold 4s + --grace 2s501ms = 6s501ms does not fit"), "{e}");
+        assert!(e.contains("6s500ms (10s x (1 - 1%) - tick 2s - heartbeat 1s - kill allowance 400ms)"), "{e}");
     }
 
     #[test]
@@ -243,10 +220,7 @@ mod tests {
         let b = Budget::compute(r).unwrap();
         assert_eq!((b.threshold, b.grace), (ms(6_000), ms(500)));
         r.threshold = Some(ms(6_500));
-        assert!(Budget::compute(r)
-            .unwrap_err()
-            .to_string()
-            .contains("leaves no time for --grace"));
+        assert!(Budget::compute(r).unwrap_err().to_string().contains("leaves no time for --grace"));
     }
 
     #[test]
@@ -256,10 +230,7 @@ mod tests {
         let b = Budget::compute(r).unwrap();
         assert_eq!((b.threshold, b.grace), (ms(6_000), ms(500)));
         r.grace = Some(ms(7_000));
-        assert!(Budget::compute(r)
-            .unwrap_err()
-            .to_string()
-            .contains("leaves no time before the stop signal"));
+        assert!(Budget::compute(r).unwrap_err().to_string().contains("leaves no time before the stop signal"));
     }
 
     #[test]

@@ -81,14 +81,7 @@ mod tests {
 
     #[test]
     fn table_is_distinct() {
-        let codes = [
-            SUCCESS,
-            CONFLICT_DEFAULT,
-            LOCK_LOST,
-            FAILURE,
-            NOT_EXECUTABLE,
-            NOT_FOUND,
-        ];
+        let codes = [SUCCESS, CONFLICT_DEFAULT, LOCK_LOST, FAILURE, NOT_EXECUTABLE, NOT_FOUND];
         for (i, a) in codes.iter().enumerate() {
             for b in &codes[i + 1..] {
                 assert_ne!(a, b);

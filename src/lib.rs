@@ -20,10 +20,7 @@ use std::time::{Instant, SystemTime};
 /// itself, so that every path releases what it took.
 pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
     logging::init(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("zklock: error: cannot start the async runtime: {e}");

@@ -81,20 +81,13 @@ pub fn classify(name: &str) -> Option<Contender> {
     let seq: i64 = seq.parse().ok()?;
     // Curator's unprotected form is a bare "lock-<seq>".
     if head == "lock-" {
-        return Some(Contender {
-            name: name.to_owned(),
-            seq,
-            kind: NodeKind::CuratorMutex,
-        });
+        return Some(Contender { name: name.to_owned(), seq, kind: NodeKind::CuratorMutex });
     }
-    MARKERS
-        .iter()
-        .find(|(marker, _)| head.ends_with(marker) && head.len() > marker.len())
-        .map(|&(_, kind)| Contender {
-            name: name.to_owned(),
-            seq,
-            kind,
-        })
+    MARKERS.iter().find(|(marker, _)| head.ends_with(marker) && head.len() > marker.len()).map(|&(_, kind)| Contender {
+        name: name.to_owned(),
+        seq,
+        kind,
+    })
 }
 
 /// Orders the children of a lock directory; an unknown name is an error naming it.
@@ -116,12 +109,7 @@ pub fn queue(lock: &str, children: &[String]) -> Result<Vec<Contender>> {
 /// Checks a lock path given by the user: absolute, no empty, `.` or `..` segments, not the
 /// root, not under `/zookeeper`, no control characters.
 pub fn validate_lock_path(path: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Err(anyhow!(
-            "invalid lock path '{}': {why}",
-            path.escape_debug()
-        ))
-    };
+    let bad = |why: &str| Err(anyhow!("invalid lock path '{}': {why}", path.escape_debug()));
     if !path.starts_with('/') {
         return bad("must start with '/'");
     }
@@ -131,11 +119,10 @@ pub fn validate_lock_path(path: &str) -> Result<()> {
     if path.ends_with('/') {
         return bad("must not end with '/'");
     }
-    if path.chars().any(|c| {
-        c.is_control()
-            || ('\u{e000}'..='\u{f8ff}').contains(&c)
-            || ('\u{fff0}'..='\u{ffff}').contains(&c)
-    }) {
+    if path
+        .chars()
+        .any(|c| c.is_control() || ('\u{e000}'..='\u{f8ff}').contains(&c) || ('\u{fff0}'..='\u{ffff}').contains(&c))
+    {
         return bad("contains a character ZooKeeper does not allow");
     }
     for seg in path[1..].split('/') {
@@ -234,24 +221,15 @@ where
 
 impl<'a, C: Clock> Recipe<'a, C> {
     pub fn new(client: &'a Client, lock: &'a str, clock: C) -> Self {
-        Recipe {
-            client,
-            lock,
-            uuid: uuid::Uuid::new_v4().hyphenated().to_string(),
-            clock,
-        }
+        Recipe { client, lock, uuid: uuid::Uuid::new_v4().hyphenated().to_string(), clock }
     }
 
     fn prefix(&self) -> String {
-        format!(
-            "{}/{PROTECTED_PREFIX}{}{CURATOR_LOCK}",
-            self.lock, self.uuid
-        )
+        format!("{}/{PROTECTED_PREFIX}{}{CURATOR_LOCK}", self.lock, self.uuid)
     }
 
     fn is_ours_by_name(&self, name: &str) -> bool {
-        name.strip_prefix(PROTECTED_PREFIX)
-            .is_some_and(|rest| rest.starts_with(&self.uuid))
+        name.strip_prefix(PROTECTED_PREFIX).is_some_and(|rest| rest.starts_with(&self.uuid))
     }
 
     /// Step 1 and 2: create our node, creating container parents on NoNode, recovering a node
@@ -261,20 +239,11 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let mut last_err = None;
         for _ in 0..CREATE_ATTEMPTS {
             let sent = self.clock.now();
-            match self
-                .client
-                .create(&prefix, data, &ephemeral_sequential())
-                .await
-            {
+            match self.client.create(&prefix, data, &ephemeral_sequential()).await {
                 Ok((stat, seq)) => {
                     let path = format!("{prefix}{seq}");
                     let name = path[self.lock.len() + 1..].to_owned();
-                    return Ok(OurNode {
-                        path,
-                        name,
-                        czxid: stat.czxid,
-                        create_sent: sent,
-                    });
+                    return Ok(OurNode { path, name, czxid: stat.czxid, create_sent: sent });
                 }
                 Err(zookeeper_client::Error::NoNode) => {
                     debug!("{} does not exist; creating it as a container", self.lock);
@@ -282,56 +251,37 @@ impl<'a, C: Clock> Recipe<'a, C> {
                     match retry(self.client, || self.client.mkdir(self.lock, &parents)).await {
                         Ok(()) => {}
                         Err(zookeeper_client::Error::NoNode) => {
-                            bail!(
-                                "cannot create {}: the chroot of the connect string does not exist",
-                                self.lock
-                            )
+                            bail!("cannot create {}: the chroot of the connect string does not exist", self.lock)
                         }
-                        Err(e) => {
-                            return Err(e).with_context(|| format!("cannot create {}", self.lock))
-                        }
+                        Err(e) => return Err(e).with_context(|| format!("cannot create {}", self.lock)),
                     }
                     last_err = Some(zookeeper_client::Error::NoNode);
                 }
                 Err(zookeeper_client::Error::ConnectionLoss) => {
                     warn!("connection lost while creating the lock node; looking for it after reconnecting");
-                    wait_connected(self.client)
-                        .await
-                        .context("while recovering the lock node")?;
+                    wait_connected(self.client).await.context("while recovering the lock node")?;
                     if let Some(node) = self.find_ours(sent).await? {
                         return Ok(node);
                     }
                     last_err = Some(zookeeper_client::Error::ConnectionLoss);
                 }
                 Err(zookeeper_client::Error::NoChildrenForEphemerals) => {
-                    bail!(
-                        "cannot lock {}: it is an ephemeral node, which cannot have children",
-                        self.lock
-                    )
+                    bail!("cannot lock {}: it is an ephemeral node, which cannot have children", self.lock)
                 }
                 Err(zookeeper_client::Error::NoAuth) => {
                     bail!("not allowed to create nodes under {} (ACL)", self.lock)
                 }
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot create a lock node under {}", self.lock))
-                }
+                Err(e) => return Err(e).with_context(|| format!("cannot create a lock node under {}", self.lock)),
             }
         }
-        Err(anyhow!(
-            "cannot create a lock node under {} after {CREATE_ATTEMPTS} attempts: {:?}",
-            self.lock,
-            last_err
-        ))
+        Err(anyhow!("cannot create a lock node under {} after {CREATE_ATTEMPTS} attempts: {:?}", self.lock, last_err))
     }
 
     /// After a lost create reply: our uuid's node, adopted only if our session owns it; any
     /// other node with our uuid is deleted.
     async fn find_ours(&self, sent: Duration) -> Result<Option<OurNode>> {
         // The lost create may still be on its way through the leader: sync first.
-        retry(self.client, || self.client.sync(self.lock))
-            .await
-            .ok();
+        retry(self.client, || self.client.sync(self.lock)).await.ok();
         let children = match retry(self.client, || self.client.list_children(self.lock)).await {
             Ok(c) => c,
             Err(zookeeper_client::Error::NoNode) => return Ok(None),
@@ -344,21 +294,13 @@ impl<'a, C: Clock> Recipe<'a, C> {
             match retry(self.client, || self.client.get_data(&path)).await {
                 Ok((_, stat)) if stat.ephemeral_owner == session && adopted.is_none() => {
                     info!("recovered our lock node {name} after a lost reply");
-                    adopted = Some(OurNode {
-                        path,
-                        name,
-                        czxid: stat.czxid,
-                        create_sent: sent,
-                    });
+                    adopted = Some(OurNode { path, name, czxid: stat.czxid, create_sent: sent });
                 }
                 Ok(_) => {
                     warn!("deleting stray node {name} that carries our id but not our session");
                     match retry(self.client, || self.client.delete(&path, None)).await {
                         Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
-                        Err(e) => {
-                            return Err(e)
-                                .with_context(|| format!("cannot delete stray node {path}"))
-                        }
+                        Err(e) => return Err(e).with_context(|| format!("cannot delete stray node {path}")),
                     }
                 }
                 Err(zookeeper_client::Error::NoNode) => {}
@@ -380,10 +322,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
         if pos == 0 {
             Ok(Turn::Ours)
         } else {
-            Ok(Turn::Behind {
-                predecessor: queue[pos - 1].name.clone(),
-                ahead: pos,
-            })
+            Ok(Turn::Behind { predecessor: queue[pos - 1].name.clone(), ahead: pos })
         }
     }
 
@@ -412,10 +351,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
             };
             let event = watcher.changed().await;
             if event.event_type == EventType::Session && event.session_state.is_terminated() {
-                bail!(
-                    "the ZooKeeper session ended while waiting ({})",
-                    event.session_state
-                );
+                bail!("the ZooKeeper session ended while waiting ({})", event.session_state);
             }
             debug!("predecessor {predecessor}: {}", event.event_type);
         }
@@ -428,18 +364,14 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let paths = match node {
             Some(node) => vec![node.path.clone()],
             None => {
-                retry(self.client, || self.client.sync(self.lock))
-                    .await
-                    .ok();
+                retry(self.client, || self.client.sync(self.lock)).await.ok();
                 match retry(self.client, || self.client.list_children(self.lock)).await {
                     Ok(children) => children
                         .into_iter()
                         .filter(|n| self.is_ours_by_name(n))
                         .map(|n| format!("{}/{n}", self.lock))
                         .collect(),
-                    Err(
-                        zookeeper_client::Error::NoNode | zookeeper_client::Error::SessionExpired,
-                    ) => vec![],
+                    Err(zookeeper_client::Error::NoNode | zookeeper_client::Error::SessionExpired) => vec![],
                     Err(e) => return Err(e).context("while looking for our lock node to delete"),
                 }
             }
@@ -451,9 +383,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 Err(zookeeper_client::Error::SessionExpired) => {
                     debug!("{path} went with the expired session")
                 }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot delete our lock node {path}"))
-                }
+                Err(e) => return Err(e).with_context(|| format!("cannot delete our lock node {path}")),
             }
         }
         Ok(())
@@ -472,50 +402,28 @@ mod tests {
     fn classifies_the_recipes_that_share_lock_directories() {
         let c = classify("_c_0f8e3f4c-8a1b-4a53-9b0e-2c7f4d1e9a10-lock-0000000007").unwrap();
         assert_eq!((c.kind, c.seq), (NodeKind::CuratorMutex, 7));
-        assert_eq!(
-            classify("lock-0000000003").unwrap().kind,
-            NodeKind::CuratorMutex
-        );
-        assert_eq!(
-            classify("_c_x-__READ__0000000001").unwrap().kind,
-            NodeKind::CuratorRead
-        );
-        assert_eq!(
-            classify("_c_x-__WRIT__0000000001").unwrap().kind,
-            NodeKind::CuratorWrite
-        );
+        assert_eq!(classify("lock-0000000003").unwrap().kind, NodeKind::CuratorMutex);
+        assert_eq!(classify("_c_x-__READ__0000000001").unwrap().kind, NodeKind::CuratorRead);
+        assert_eq!(classify("_c_x-__WRIT__0000000001").unwrap().kind, NodeKind::CuratorWrite);
         let k = classify("3b1f0c2d9e8a4b7c6d5e4f3a2b1c0d9e__lock__0000000012").unwrap();
         assert_eq!((k.kind, k.seq), (NodeKind::KazooLock, 12));
-        assert_eq!(
-            classify("ab__rlock__0000000002").unwrap().kind,
-            NodeKind::KazooRead
-        );
+        assert_eq!(classify("ab__rlock__0000000002").unwrap().kind, NodeKind::KazooRead);
         assert_eq!(classify("_c_x-lock-0000000000000000009").unwrap().seq, 9);
     }
 
     #[test]
     fn rejects_what_it_cannot_classify() {
-        for name in [
-            "config",
-            "lock",
-            "lock-12",
-            "__lock__0000000001",
-            "_c_x-lock-00000000a1",
-            "leader-0000000001",
-            "-lock-",
-        ] {
+        for name in
+            ["config", "lock", "lock-12", "__lock__0000000001", "_c_x-lock-00000000a1", "leader-0000000001", "-lock-"]
+        {
             assert_eq!(classify(name), None, "{name}");
         }
     }
 
     #[test]
     fn queue_orders_mixed_recipes_by_sequence() {
-        let children = names(&[
-            "_c_b-lock-0000000005",
-            "aa__lock__0000000002",
-            "_c_a-lock-0000000009",
-            "_c_c-__READ__0000000001",
-        ]);
+        let children =
+            names(&["_c_b-lock-0000000005", "aa__lock__0000000002", "_c_a-lock-0000000009", "_c_c-__READ__0000000001"]);
         let q = queue("/l", &children).unwrap();
         let order: Vec<i64> = q.iter().map(|c| c.seq).collect();
         assert_eq!(order, vec![1, 2, 5, 9]);
@@ -523,9 +431,7 @@ mod tests {
 
     #[test]
     fn queue_refuses_unknown_children() {
-        let err = queue("/locks/x", &names(&["_c_a-lock-0000000001", "notes.txt"]))
-            .unwrap_err()
-            .to_string();
+        let err = queue("/locks/x", &names(&["_c_a-lock-0000000001", "notes.txt"])).unwrap_err().to_string();
         assert!(err.contains("'notes.txt'"), "{err}");
         assert!(err.contains("/locks/x"), "{err}");
     }

@@ -18,12 +18,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut w: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let level = match *event.metadata().level() {
             Level::ERROR => "error: ",
             Level::WARN => "warning: ",
@@ -51,15 +46,7 @@ pub fn init(verbose: u8, quiet: bool) {
     let filter = std::env::var("ZKLOCK_LOG")
         .ok()
         .and_then(|s| s.parse::<Targets>().ok())
-        .unwrap_or_else(|| {
-            Targets::new()
-                .with_target("zklock", ours)
-                .with_default(theirs)
-        });
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .event_format(Prefixed);
-    tracing_subscriber::registry()
-        .with(layer.with_filter(filter))
-        .init();
+        .unwrap_or_else(|| Targets::new().with_target("zklock", ours).with_default(theirs));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).event_format(Prefixed);
+    tracing_subscriber::registry().with(layer.with_filter(filter)).init();
 }

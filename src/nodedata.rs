@@ -5,6 +5,7 @@
 //! {"zklock":1,"host":"web-3","pid":4242,"user":"deploy","label":"nightly report",
 //!  "started_at":"2026-11-24T02:00:00.123Z","version":"0.1.0","command":"report.sh"}
 //! ```
+//! `acquired_at` (RFC 3339) is added once the holder acquired the lock after waiting.
 //! `command` is the file name of the command only: its arguments may hold secrets and are never
 //! stored. `label` is omitted when not given. Readers must ignore fields they do not know.
 
@@ -27,6 +28,10 @@ pub struct NodeData {
     pub label: Option<String>,
     /// When the `zklock run` process started, RFC 3339 UTC.
     pub started_at: String,
+    /// When the lock was acquired, RFC 3339 UTC; written only by a holder that had to wait
+    /// (otherwise the node's creation time is the acquisition time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquired_at: Option<String>,
     /// zklock's version.
     pub version: String,
     /// The command's file name (argv[0] without directories), never its arguments.
@@ -35,19 +40,13 @@ pub struct NodeData {
 
 impl NodeData {
     pub fn for_this_process(label: Option<&str>, argv0: &OsStr, started: SystemTime) -> Self {
-        let host = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
             .ok()
             .flatten()
             .map(|u| u.name)
             .unwrap_or_else(|| nix::unistd::geteuid().to_string());
-        let command = Path::new(argv0)
-            .file_name()
-            .unwrap_or(argv0)
-            .to_string_lossy()
-            .into_owned();
+        let command = Path::new(argv0).file_name().unwrap_or(argv0).to_string_lossy().into_owned();
         NodeData {
             zklock: FORMAT,
             host,
@@ -55,6 +54,7 @@ impl NodeData {
             user,
             label: label.map(str::to_owned),
             started_at: humantime::format_rfc3339_millis(started).to_string(),
+            acquired_at: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             command,
         }
@@ -66,9 +66,7 @@ impl NodeData {
 
     /// Parses a document written by any zklock; `None` if the bytes are not one.
     pub fn parse(bytes: &[u8]) -> Option<NodeData> {
-        serde_json::from_slice::<NodeData>(bytes)
-            .ok()
-            .filter(|d| d.zklock >= 1)
+        serde_json::from_slice::<NodeData>(bytes).ok().filter(|d| d.zklock >= 1)
     }
 }
 
@@ -80,11 +78,7 @@ mod tests {
     #[test]
     fn round_trip_and_no_arguments() {
         let started = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
-        let d = NodeData::for_this_process(
-            Some("nightly"),
-            OsStr::new("/usr/local/bin/report.sh"),
-            started,
-        );
+        let d = NodeData::for_this_process(Some("nightly"), OsStr::new("/usr/local/bin/report.sh"), started);
         assert_eq!(d.command, "report.sh");
         assert_eq!(d.started_at, "2026-11-18T11:06:40.123Z");
         assert_eq!(d.pid, std::process::id());

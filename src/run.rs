@@ -25,9 +25,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects, within `connect_timeout`, retrying while no server answers.
 pub async fn connect(args: &ConnectArgs) -> Result<Client> {
-    let connector = Client::connector()
-        .with_session_timeout(args.session_timeout)
-        .with_fail_eagerly();
+    let connector = Client::connector().with_session_timeout(args.session_timeout).with_fail_eagerly();
     let deadline = tokio::time::Instant::now() + args.connect_timeout;
     let mut last = None;
     loop {
@@ -48,10 +46,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Client> {
             Ok(Err(zookeeper_client::Error::BadArguments(why))) => {
                 bail!("invalid connect string '{}': {why}", args.zk)
             }
-            Ok(Err(e)) => {
-                return Err(e)
-                    .with_context(|| format!("cannot connect to ZooKeeper at {}", args.zk))
-            }
+            Ok(Err(e)) => return Err(e).with_context(|| format!("cannot connect to ZooKeeper at {}", args.zk)),
             Err(_) => break,
         }
     }
@@ -59,8 +54,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Client> {
         "cannot connect to ZooKeeper at {} within {}{}",
         args.zk,
         humantime::format_duration(args.connect_timeout),
-        last.map(|e| format!(" (last error: {e})"))
-            .unwrap_or_default()
+        last.map(|e| format!(" (last error: {e})")).unwrap_or_default()
     ))
 }
 
@@ -71,10 +65,7 @@ pub async fn close(client: Client) {
     if watcher.peek_state().is_terminated() {
         return;
     }
-    let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        while !watcher.changed().await.is_terminated() {}
-    })
-    .await;
+    let closed = tokio::time::timeout(CLOSE_TIMEOUT, async { while !watcher.changed().await.is_terminated() {} }).await;
     if closed.is_err() {
         debug!("the session did not confirm closing within {CLOSE_TIMEOUT:?}");
     }
@@ -89,20 +80,11 @@ fn precheck_command(argv0: &OsString) -> Result<(), (u8, String)> {
             let path = std::path::Path::new(argv0);
             if path.components().count() > 1 || name.contains('/') {
                 if path.exists() {
-                    return Err((
-                        exit::NOT_EXECUTABLE,
-                        format!("cannot run '{name}': not an executable file"),
-                    ));
+                    return Err((exit::NOT_EXECUTABLE, format!("cannot run '{name}': not an executable file")));
                 }
-                return Err((
-                    exit::NOT_FOUND,
-                    format!("cannot run '{name}': no such file"),
-                ));
+                return Err((exit::NOT_FOUND, format!("cannot run '{name}': no such file")));
             }
-            Err((
-                exit::NOT_FOUND,
-                format!("cannot run '{name}': command not found in PATH"),
-            ))
+            Err((exit::NOT_FOUND, format!("cannot run '{name}': command not found in PATH")))
         }
     }
 }
@@ -165,10 +147,7 @@ async fn hold(
 ) -> Result<u8> {
     let clock = BootClock;
     let session_timeout = client.session_timeout();
-    debug!(
-        "connected: session {} with a negotiated timeout of {session_timeout:?}",
-        client.session_id()
-    );
+    debug!("connected: session {} with a negotiated timeout of {session_timeout:?}", client.session_id());
     let budget = Budget::compute(BudgetRequest {
         session_timeout,
         tick: args.connect.server_tick,
@@ -177,8 +156,8 @@ async fn hold(
     })?;
     debug!("{}", budget.describe());
 
-    let data =
-        NodeData::for_this_process(args.label.as_deref(), &args.command[0], started_at).to_bytes();
+    let mut doc = NodeData::for_this_process(args.label.as_deref(), &args.command[0], started_at);
+    let data = doc.to_bytes();
     let recipe = Recipe::new(client, &args.lock, clock);
     let mut created: Option<OurNode> = None;
     let wait_deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
@@ -202,10 +181,7 @@ async fn hold(
             abandon(&recipe, created.as_ref()).await;
             return match other {
                 WaitEnd::Done(Ok(Acquired::Held { ahead })) => {
-                    info!(
-                        "{} is held ({ahead} ahead of us); not waiting (--no-wait)",
-                        args.lock
-                    );
+                    info!("{} is held ({ahead} ahead of us); not waiting (--no-wait)", args.lock);
                     Ok(args.conflict_exit_code)
                 }
                 WaitEnd::Signal(sig) => {
@@ -220,10 +196,9 @@ async fn hold(
                     );
                     Ok(args.conflict_exit_code)
                 }
-                WaitEnd::SessionEnded(state) => Err(anyhow!(
-                    "the ZooKeeper session ended while waiting for {} ({state})",
-                    args.lock
-                )),
+                WaitEnd::SessionEnded(state) => {
+                    Err(anyhow!("the ZooKeeper session ended while waiting for {} ({state})", args.lock))
+                }
                 WaitEnd::Done(Err(e)) => Err(e),
                 WaitEnd::Done(Ok(Acquired::Yes { .. })) => unreachable!("handled above"),
             };
@@ -236,11 +211,7 @@ async fn hold(
     let t_ok = if waited {
         let sent = clock.now();
         let confirmed = lock::retry(client, || async {
-            client
-                .new_check_writer(&node.path, None)?
-                .commit()
-                .await
-                .map_err(zookeeper_client::Error::from)
+            client.new_check_writer(&node.path, None)?.commit().await.map_err(zookeeper_client::Error::from)
         })
         .await;
         if let Err(e) = confirmed {
@@ -252,6 +223,13 @@ async fn hold(
         node.create_sent
     };
 
+    // Record when a waiter acquired, for `zklock status`. The request is sent now; its reply
+    // is awaited once the command runs, so it adds nothing to the handoff.
+    let mark_acquired = waited.then(|| {
+        doc.acquired_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
+        client.set_data(&node.path, &doc.to_bytes(), None)
+    });
+
     let env = [
         ("ZKLOCK_LOCK", args.lock.clone()),
         ("ZKLOCK_NODE", node.path.clone()),
@@ -261,10 +239,7 @@ async fn hold(
     let mut child: Child = match child::spawn(&args.command, &env) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "zklock: error: cannot run '{}': {e}",
-                args.command[0].to_string_lossy()
-            );
+            eprintln!("zklock: error: cannot run '{}': {e}", args.command[0].to_string_lossy());
             abandon(&recipe, Some(&node)).await;
             return Ok(exit::from_spawn_error(&e));
         }
@@ -278,6 +253,11 @@ async fn hold(
         child.pid()
     );
 
+    if let Some(marked) = mark_acquired {
+        if let Err(e) = marked.await {
+            debug!("cannot record the acquisition time in the lock node: {e}");
+        }
+    }
     let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
     let watchdog = crate::session::Watchdog::new(&budget, t_ok);
     let Outcome { status, loss } = Supervisor {
@@ -299,10 +279,7 @@ async fn hold(
 
     let code = match (loss, status) {
         (Some(why), _) => {
-            eprintln!(
-                "zklock: error: lost {} while the command ran ({why}); the command was stopped",
-                args.lock
-            );
+            eprintln!("zklock: error: lost {} while the command ran ({why}); the command was stopped", args.lock);
             exit::LOCK_LOST
         }
         (None, Ok(status)) => exit::from_child(status),

@@ -31,9 +31,7 @@ pub enum Loss {
 impl fmt::Display for Loss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Loss::Deadline => {
-                "no heartbeat confirmed by the ZooKeeper leader within the disconnect threshold"
-            }
+            Loss::Deadline => "no heartbeat confirmed by the ZooKeeper leader within the disconnect threshold",
             Loss::Expired => "the ZooKeeper session expired",
             Loss::NodeDeleted => "our lock node was deleted",
             Loss::OwnerChanged => "our lock node is owned by another session",
@@ -121,9 +119,7 @@ impl Watchdog {
             Stage::Holding if now >= self.t_ok + self.threshold => {
                 self.lost(now, Loss::Deadline);
                 // Measured from t_ok, not from now: a late wake-up does not buy more time.
-                self.stage = Stage::Stopping {
-                    kill_at: self.t_ok + self.kill_after,
-                };
+                self.stage = Stage::Stopping { kill_at: self.t_ok + self.kill_after };
                 self.poll(now)
             }
             Stage::Stopping { kill_at } if now >= kill_at => {
@@ -161,21 +157,10 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts the heartbeat, the own-node watch and the state watch for `node_path`.
-    pub fn start<C: Clock>(
-        client: &Client,
-        node_path: &str,
-        heartbeat: Duration,
-        clock: C,
-    ) -> Monitor {
+    pub fn start<C: Clock>(client: &Client, node_path: &str, heartbeat: Duration, clock: C) -> Monitor {
         let (tx, events) = mpsc::unbounded_channel();
         let tasks = vec![
-            tokio::spawn(heartbeats(
-                client.clone(),
-                node_path.to_owned(),
-                heartbeat,
-                clock,
-                tx.clone(),
-            )),
+            tokio::spawn(heartbeats(client.clone(), node_path.to_owned(), heartbeat, clock, tx.clone())),
             tokio::spawn(watch_node(client.clone(), node_path.to_owned(), tx.clone())),
             tokio::spawn(watch_state(client.clone(), node_path.to_owned(), tx)),
         ];
@@ -228,12 +213,12 @@ async fn heartbeats<C: Clock>(
             in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let event = match result {
                 Ok(_) => Event::Confirmed(sent),
-                Err(CheckWriteError::CheckFailed {
-                    source: zookeeper_client::Error::NoNode,
-                }) => Event::Lost(Loss::NodeDeleted),
-                Err(CheckWriteError::RequestFailed {
-                    source: zookeeper_client::Error::SessionExpired,
-                }) => Event::Lost(Loss::Expired),
+                Err(CheckWriteError::CheckFailed { source: zookeeper_client::Error::NoNode }) => {
+                    Event::Lost(Loss::NodeDeleted)
+                }
+                Err(CheckWriteError::RequestFailed { source: zookeeper_client::Error::SessionExpired }) => {
+                    Event::Lost(Loss::Expired)
+                }
                 Err(e) => {
                     debug!("heartbeat not confirmed: {e}");
                     return;
@@ -330,13 +315,8 @@ mod tests {
 
     fn budget() -> Budget {
         // T = 10 s, tick 2 s: threshold 4.55 s, grace 1.95 s, SIGKILL at 6.5 s.
-        Budget::compute(BudgetRequest {
-            session_timeout: ms(10_000),
-            tick: ms(2_000),
-            threshold: None,
-            grace: None,
-        })
-        .unwrap()
+        Budget::compute(BudgetRequest { session_timeout: ms(10_000), tick: ms(2_000), threshold: None, grace: None })
+            .unwrap()
     }
 
     #[test]
@@ -420,10 +400,7 @@ mod tests {
         }
         assert_eq!(
             log,
-            vec![
-                (Action::Stop(Loss::Deadline), ms(3_000) + b.threshold),
-                (Action::Kill, ms(3_000) + b.kill_after())
-            ]
+            vec![(Action::Stop(Loss::Deadline), ms(3_000) + b.threshold), (Action::Kill, ms(3_000) + b.kill_after())]
         );
     }
 }

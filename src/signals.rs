@@ -56,8 +56,5 @@ impl Signals {
 
 /// Whether a signal ends the wait for the lock.
 pub fn is_terminating(sig: Signal) -> bool {
-    matches!(
-        sig,
-        Signal::SIGHUP | Signal::SIGINT | Signal::SIGQUIT | Signal::SIGTERM
-    )
+    matches!(sig, Signal::SIGHUP | Signal::SIGINT | Signal::SIGQUIT | Signal::SIGTERM)
 }

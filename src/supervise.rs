@@ -42,10 +42,7 @@ impl<C: Clock> Supervisor<'_, C> {
             while let Some(action) = self.watchdog.poll(now) {
                 match action {
                     Action::Stop(why) => {
-                        error!(
-                            "lock lost: {why}; sending {} to the command",
-                            self.stop_signal
-                        );
+                        error!("lock lost: {why}; sending {} to the command", self.stop_signal);
                         self.child.signal(self.stop_signal);
                     }
                     Action::Kill => {
@@ -54,10 +51,7 @@ impl<C: Clock> Supervisor<'_, C> {
                     }
                 }
             }
-            let nap = self
-                .watchdog
-                .next_wake()
-                .map_or(MAX_NAP, |w| w.saturating_sub(now).min(MAX_NAP));
+            let nap = self.watchdog.next_wake().map_or(MAX_NAP, |w| w.saturating_sub(now).min(MAX_NAP));
             tokio::select! {
                 status = self.child.exited() => {
                     return Outcome { status, loss: self.watchdog.loss() };

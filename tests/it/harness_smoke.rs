@@ -10,8 +10,8 @@ use nix::unistd::Pid;
 use zookeeper_client::{Acls, CreateMode};
 
 use crate::support::{
-    children, four_letter, get_data, mkdir_p, shared_zk, unique_lock_path, wait_for_file_line,
-    wait_until, zk_client, ZkEnsemble, ZkServer,
+    children, four_letter, get_data, mkdir_p, shared_zk, unique_lock_path, wait_for_file_line, wait_until, zk_client,
+    ZkEnsemble, ZkServer,
 };
 
 fn persistent() -> zookeeper_client::CreateOptions<'static> {
@@ -25,10 +25,7 @@ fn process_gone(pid: i32) -> bool {
     }
     // State is the field after the parenthesised command name.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
         .unwrap_or(true)
 }
 
@@ -54,23 +51,11 @@ async fn client_creates_and_reads_node() {
 
     assert_eq!(children(&client, &dir).await, Vec::<String>::new());
     mkdir_p(&client, &dir).await;
-    client
-        .create(&format!("{dir}/b"), b"two", &persistent())
-        .await
-        .unwrap();
-    client
-        .create(&format!("{dir}/a"), b"one", &persistent())
-        .await
-        .unwrap();
+    client.create(&format!("{dir}/b"), b"two", &persistent()).await.unwrap();
+    client.create(&format!("{dir}/a"), b"one", &persistent()).await.unwrap();
 
-    assert_eq!(
-        children(&client, &dir).await,
-        vec!["a".to_string(), "b".to_string()]
-    );
-    assert_eq!(
-        get_data(&client, &format!("{dir}/a")).await.as_deref(),
-        Some(&b"one"[..])
-    );
+    assert_eq!(children(&client, &dir).await, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(get_data(&client, &format!("{dir}/a")).await.as_deref(), Some(&b"one"[..]));
     assert_eq!(get_data(&client, &format!("{dir}/missing")).await, None);
 }
 
@@ -83,23 +68,14 @@ async fn frozen_server_stalls_requests_until_thawed() {
     zk.freeze();
     assert!(zk.is_running(), "a frozen server still counts as running");
     let stalled = tokio::time::timeout(Duration::from_secs(1), client.get_data("/before")).await;
-    assert!(
-        stalled.is_err(),
-        "request completed on a frozen server: {stalled:?}"
-    );
+    assert!(stalled.is_err(), "request completed on a frozen server: {stalled:?}");
 
     zk.thaw();
-    let done = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.create("/after", b"x", &persistent()),
-    )
-    .await
-    .expect("request still stalled after thaw");
+    let done = tokio::time::timeout(Duration::from_secs(10), client.create("/after", b"x", &persistent()))
+        .await
+        .expect("request still stalled after thaw");
     done.expect("create after thaw");
-    assert_eq!(
-        get_data(&client, "/after").await.as_deref(),
-        Some(&b"x"[..])
-    );
+    assert_eq!(get_data(&client, "/after").await.as_deref(), Some(&b"x"[..]));
 }
 
 #[tokio::test]
@@ -109,54 +85,29 @@ async fn stop_and_restart_keep_data() {
     let first_pid = zk.pid();
     {
         let client = zk_client(&zk.connect_string()).await;
-        client
-            .create("/persist", b"hello", &persistent())
-            .await
-            .unwrap();
+        client.create("/persist", b"hello", &persistent()).await.unwrap();
     }
 
     zk.stop();
     assert!(!zk.is_running());
-    assert!(
-        process_gone(first_pid as i32),
-        "pid {first_pid} survived stop()"
-    );
-    assert_eq!(
-        four_letter(port, "srvr"),
-        "",
-        "something still answers on the port"
-    );
+    assert!(process_gone(first_pid as i32), "pid {first_pid} survived stop()");
+    assert_eq!(four_letter(port, "srvr"), "", "something still answers on the port");
 
     zk.restart();
     assert!(zk.is_running());
     assert_eq!(zk.port(), port);
     assert_ne!(zk.pid(), first_pid);
     let client = zk_client(&zk.connect_string()).await;
-    assert_eq!(
-        get_data(&client, "/persist").await.as_deref(),
-        Some(&b"hello"[..])
-    );
+    assert_eq!(get_data(&client, "/persist").await.as_deref(), Some(&b"hello"[..]));
 }
 
 #[tokio::test]
 async fn ensemble_elects_one_leader_and_accepts_writes() {
     let mut ens = ZkEnsemble::start(3);
     assert_eq!(ens.len(), 3);
-    let modes: Vec<String> = ens
-        .servers()
-        .iter()
-        .map(|s| s.mode().unwrap_or_default())
-        .collect();
-    assert_eq!(
-        modes.iter().filter(|m| *m == "leader").count(),
-        1,
-        "modes: {modes:?}"
-    );
-    assert_eq!(
-        modes.iter().filter(|m| *m == "follower").count(),
-        2,
-        "modes: {modes:?}"
-    );
+    let modes: Vec<String> = ens.servers().iter().map(|s| s.mode().unwrap_or_default()).collect();
+    assert_eq!(modes.iter().filter(|m| *m == "leader").count(), 1, "modes: {modes:?}");
+    assert_eq!(modes.iter().filter(|m| *m == "follower").count(), 2, "modes: {modes:?}");
     let leader = ens.leader_index().expect("a leader");
     assert_eq!(modes[leader], "leader");
     assert_eq!(ens.connect_string().split(',').count(), 3);
@@ -168,28 +119,19 @@ async fn ensemble_elects_one_leader_and_accepts_writes() {
     let follower = (leader + 1) % 3;
     let other = zk_client(&ens.server(follower).connect_string()).await;
     other.sync("/quorum").await.unwrap();
-    assert_eq!(
-        get_data(&other, "/quorum").await.as_deref(),
-        Some(&b"q"[..])
-    );
+    assert_eq!(get_data(&other, "/quorum").await.as_deref(), Some(&b"q"[..]));
 
     // A quorum survives one stopped follower; the restarted member catches up.
     let spare = (leader + 2) % 3;
     ens.server_mut(spare).stop();
     assert!(!ens.server(spare).is_running());
     // (`client` may have been connected to it: write through `other`, on a live follower.)
-    other
-        .create("/while-down", b"d", &persistent())
-        .await
-        .unwrap();
+    other.create("/while-down", b"d", &persistent()).await.unwrap();
     ens.server_mut(spare).restart();
     assert_eq!(ens.server(spare).mode().as_deref(), Some("follower"));
     let late = zk_client(&ens.server(spare).connect_string()).await;
     late.sync("/while-down").await.unwrap();
-    assert_eq!(
-        get_data(&late, "/while-down").await.as_deref(),
-        Some(&b"d"[..])
-    );
+    assert_eq!(get_data(&late, "/while-down").await.as_deref(), Some(&b"d"[..]));
 }
 
 #[test]
@@ -217,12 +159,7 @@ fn jvm_dies_with_a_killed_test_binary() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "harness_smoke::pdeathsig_child",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", "harness_smoke::pdeathsig_child", "--ignored", "--nocapture"])
         .env(CHILD_ENV, &pid_file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -235,11 +172,7 @@ fn jvm_dies_with_a_killed_test_binary() {
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     child.wait().unwrap();
-    wait_until(
-        Duration::from_secs(5),
-        "JVM to die with its test binary",
-        || process_gone(jvm),
-    );
+    wait_until(Duration::from_secs(5), "JVM to die with its test binary", || process_gone(jvm));
     // The killed binary could not clean up its server's temp dir.
     let _ = std::fs::remove_dir_all(server_dir);
 }

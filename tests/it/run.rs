@@ -16,23 +16,13 @@ fn shared() -> Zk {
 }
 
 fn code(status: std::process::ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| panic!("zklock died of a signal: {status:?}"))
+    status.code().unwrap_or_else(|| panic!("zklock died of a signal: {status:?}"))
 }
 
 /// A command that records `start <id> <token>` and `end <id>` around a short critical section.
 fn marking_command(marks: &str, id: usize) -> Vec<String> {
-    let script =
-        r#"echo "start $2 $ZKLOCK_FENCING_TOKEN" >> "$1"; sleep 0.2; echo "end $2" >> "$1""#;
-    vec![
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-        "sh".into(),
-        marks.into(),
-        id.to_string(),
-    ]
+    let script = r#"echo "start $2 $ZKLOCK_FENCING_TOKEN" >> "$1"; sleep 0.2; echo "end $2" >> "$1""#;
+    vec!["sh".into(), "-c".into(), script.into(), "sh".into(), marks.into(), id.to_string()]
 }
 
 #[test]
@@ -84,16 +74,9 @@ fn stdin_is_the_commands() {
     use std::io::Write;
     let lock = unique_lock_path("stdin");
     let mut cmd = run_shared(&lock, &[], &["cat"]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"from stdin\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"from stdin\n").unwrap();
     let out = wait_output(child);
     assert_eq!(stdout(&out), "from stdin\n");
     assert!(out.status.success());
@@ -105,18 +88,12 @@ fn environment_and_node_data_describe_the_holder() {
     let lock = unique_lock_path("env");
     let dir = TempDir::new().unwrap();
     let env_file = dir.path().join("env");
-    let script = r#"env | grep '^ZKLOCK_' | sort > "$1.tmp"; mv "$1.tmp" "$1"; while [ ! -e "$1.go" ]; do sleep 0.02; done"#;
+    let script =
+        r#"env | grep '^ZKLOCK_' | sort > "$1.tmp"; mv "$1.tmp" "$1"; while [ ! -e "$1.go" ]; do sleep 0.02; done"#;
     let mut child = run_shared(
         &lock,
         &["--label", "nightly report"],
-        &[
-            "sh",
-            "-c",
-            script,
-            "sh",
-            env_file.to_str().unwrap(),
-            "secret-arg",
-        ],
+        &["sh", "-c", script, "sh", env_file.to_str().unwrap(), "secret-arg"],
     )
     .spawn()
     .unwrap();
@@ -129,21 +106,11 @@ fn environment_and_node_data_describe_the_holder() {
     };
     assert_eq!(get("ZKLOCK_LOCK"), lock);
     let node = get("ZKLOCK_NODE");
-    let name = node
-        .strip_prefix(&format!("{lock}/"))
-        .expect("node under the lock");
-    assert!(
-        name.starts_with("_c_") && name.contains("-lock-"),
-        "Curator-style name: {name}"
-    );
-    let (data, stat) = zk
-        .data(&node)
-        .expect("our node exists while the command runs");
+    let name = node.strip_prefix(&format!("{lock}/")).expect("node under the lock");
+    assert!(name.starts_with("_c_") && name.contains("-lock-"), "Curator-style name: {name}");
+    let (data, stat) = zk.data(&node).expect("our node exists while the command runs");
     assert_eq!(get("ZKLOCK_FENCING_TOKEN"), stat.czxid.to_string());
-    assert_eq!(
-        get("ZKLOCK_SESSION_ID"),
-        format!("{:#x}", stat.ephemeral_owner)
-    );
+    assert_eq!(get("ZKLOCK_SESSION_ID"), format!("{:#x}", stat.ephemeral_owner));
 
     let doc: serde_json::Value = serde_json::from_slice(&data).unwrap();
     assert_eq!(doc["zklock"], 1);
@@ -151,18 +118,9 @@ fn environment_and_node_data_describe_the_holder() {
     assert_eq!(doc["label"], "nightly report");
     assert_eq!(doc["command"], "sh");
     assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
-    assert!(
-        !String::from_utf8_lossy(&data).contains("secret-arg"),
-        "arguments must not be stored"
-    );
+    assert!(!String::from_utf8_lossy(&data).contains("secret-arg"), "arguments must not be stored");
     assert!(doc["started_at"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(
-        doc["host"],
-        nix::unistd::gethostname()
-            .unwrap()
-            .to_string_lossy()
-            .as_ref()
-    );
+    assert_eq!(doc["host"], nix::unistd::gethostname().unwrap().to_string_lossy().as_ref());
 
     std::fs::write(dir.path().join("env.go"), "").unwrap();
     assert_eq!(code(wait_status(&mut child)), 0);
@@ -172,13 +130,9 @@ fn environment_and_node_data_describe_the_holder() {
 #[test]
 fn exit_status_of_the_command_is_passed_through() {
     let lock = unique_lock_path("status");
-    for (script, expected) in [
-        ("exit 0", 0),
-        ("exit 3", 3),
-        ("exit 124", 124),
-        ("kill -USR1 $$", 128 + 10),
-        ("kill -KILL $$", 137),
-    ] {
+    for (script, expected) in
+        [("exit 0", 0), ("exit 3", 3), ("exit 124", 124), ("kill -USR1 $$", 128 + 10), ("kill -KILL $$", 137)]
+    {
         let out = output(run_shared(&lock, &[], &["sh", "-c", script]));
         assert_eq!(code(out.status), expected, "{script}: {}", stderr(&out));
     }
@@ -190,20 +144,9 @@ fn hold(lock: &str, dir: &TempDir, name: &str) -> (std::process::Child, std::pat
     let ready = dir.path().join(format!("{name}.ready"));
     let go = dir.path().join(format!("{name}.go"));
     let script = r#"echo $$ > "$1"; while [ ! -e "$2" ]; do sleep 0.02; done"#;
-    let child = run_shared(
-        lock,
-        &[],
-        &[
-            "sh",
-            "-c",
-            script,
-            "sh",
-            ready.to_str().unwrap(),
-            go.to_str().unwrap(),
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let child = run_shared(lock, &[], &["sh", "-c", script, "sh", ready.to_str().unwrap(), go.to_str().unwrap()])
+        .spawn()
+        .unwrap();
     read_pid(&ready);
     (child, go)
 }
@@ -243,32 +186,14 @@ fn conflict_exit_codes_for_no_wait_and_wait() {
 fn zklock_failures_exit_125_with_one_line() {
     let zk = shared_zk();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec!["run", "relative/path", "--", "true"],
-            "invalid lock path",
-        ),
+        (vec!["run", "relative/path", "--", "true"], "invalid lock path"),
         (vec!["run", "/a//b", "--", "true"], "invalid lock path"),
-        (
-            vec!["run", "--grace", "1h", "/it/x", "--", "true"],
-            "--grace 1h leaves no time",
-        ),
-        (
-            vec!["run", "--kill-signal", "NOPE", "/it/x", "--", "true"],
-            "not a signal",
-        ),
+        (vec!["run", "--grace", "1h", "/it/x", "--", "true"], "--grace 1h leaves no time"),
+        (vec!["run", "--kill-signal", "NOPE", "/it/x", "--", "true"], "not a signal"),
         (vec!["run", "--bogus", "/it/x", "--", "true"], "--bogus"),
         (vec!["run", "/it/x"], "required"),
         (
-            vec![
-                "run",
-                "-z",
-                "127.0.0.1:1",
-                "--connect-timeout",
-                "300ms",
-                "/it/x",
-                "--",
-                "true",
-            ],
+            vec!["run", "-z", "127.0.0.1:1", "--connect-timeout", "300ms", "/it/x", "--", "true"],
             "cannot connect to ZooKeeper at 127.0.0.1:1",
         ),
     ];
@@ -295,11 +220,7 @@ fn command_not_found_or_not_executable() {
     let out = output(run_shared(&lock, &[], &["no-such-command-zklock"]));
     assert_eq!(code(out.status), 127, "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-command-zklock"));
-    let out = output(run_shared(
-        &lock,
-        &[],
-        &[dir.path().join("missing").to_str().unwrap()],
-    ));
+    let out = output(run_shared(&lock, &[], &[dir.path().join("missing").to_str().unwrap()]));
     assert_eq!(code(out.status), 127, "{}", stderr(&out));
     let out = output(run_shared(&lock, &[], &[plain.to_str().unwrap()]));
     assert_eq!(code(out.status), 126, "{}", stderr(&out));
@@ -317,19 +238,11 @@ fn operator_deleting_the_node_stops_the_command_with_124_even_if_it_exits_0() {
     let ready = dir.path().join("ready");
     let termed = dir.path().join("termed");
     // Exits 0 on TERM: zklock must still report the loss.
-    let script =
-        r#"trap 'echo TERM > "$2"; exit 0' TERM; echo $$ > "$1"; while :; do sleep 0.02; done"#;
+    let script = r#"trap 'echo TERM > "$2"; exit 0' TERM; echo $$ > "$1"; while :; do sleep 0.02; done"#;
     let child = run_shared(
         &lock,
         &["--grace", "3s"],
-        &[
-            "sh",
-            "-c",
-            script,
-            "sh",
-            ready.to_str().unwrap(),
-            termed.to_str().unwrap(),
-        ],
+        &["sh", "-c", script, "sh", ready.to_str().unwrap(), termed.to_str().unwrap()],
     )
     .stderr(Stdio::piped())
     .spawn()
@@ -340,11 +253,7 @@ fn operator_deleting_the_node_stops_the_command_with_124_even_if_it_exits_0() {
     zk.delete(&format!("{lock}/{}", nodes[0]));
     let out = wait_output(child);
     assert_eq!(code(out.status), 124, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("our lock node was deleted"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("our lock node was deleted"), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(&termed).unwrap(), "TERM\n");
     assert!(zk.children(&lock).is_empty());
 }
@@ -386,9 +295,7 @@ fn whole_group_is_killed_after_grace_when_it_ignores_the_stop_signal() {
     assert_eq!(code(wait_status(&mut child)), 124);
     // The stop signal reached the grandchild (same group), and SIGKILL ended both.
     assert!(std::fs::read_to_string(&termed).unwrap().contains("TERM"));
-    support::wait_until(PATIENCE, "the group to be gone", || {
-        !alive(leader) && !alive(grandchild)
-    });
+    support::wait_until(PATIENCE, "the group to be gone", || !alive(leader) && !alive(grandchild));
     assert!(zk.children(&lock).is_empty());
 }
 
@@ -399,22 +306,9 @@ fn stragglers_left_by_a_finished_command_are_stopped_before_release() {
     let dir = TempDir::new().unwrap();
     let bg = dir.path().join("bg");
     let script = r#"sleep 300 & echo $! > "$1"; exit 5"#;
-    let out = output(run_shared(
-        &lock,
-        &["--grace", "500ms"],
-        &["sh", "-c", script, "sh", bg.to_str().unwrap()],
-    ));
-    assert_eq!(
-        code(out.status),
-        5,
-        "the leader's status is kept: {}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("left processes in its group"),
-        "{}",
-        stderr(&out)
-    );
+    let out = output(run_shared(&lock, &["--grace", "500ms"], &["sh", "-c", script, "sh", bg.to_str().unwrap()]));
+    assert_eq!(code(out.status), 5, "the leader's status is kept: {}", stderr(&out));
+    assert!(stderr(&out).contains("left processes in its group"), "{}", stderr(&out));
     let pid = read_pid(&bg);
     assert!(!alive(pid), "background process {pid} outlived the lock");
     assert!(zk.children(&lock).is_empty());
@@ -434,20 +328,9 @@ fn signals_to_zklock_reach_the_commands_group() {
         trap 'kill $!; wait; exit 7' TERM
         echo $$ > "$1"
         while :; do sleep 0.02; done"#;
-    let mut child = run_shared(
-        &lock,
-        &[],
-        &[
-            "sh",
-            "-c",
-            script,
-            "sh",
-            ready.to_str().unwrap(),
-            log.to_str().unwrap(),
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let mut child = run_shared(&lock, &[], &["sh", "-c", script, "sh", ready.to_str().unwrap(), log.to_str().unwrap()])
+        .spawn()
+        .unwrap();
     read_pid(&ready);
     send(child.id(), Signal::SIGUSR1);
     wait_for_file_line(&log, "child-USR1", PATIENCE);
@@ -469,10 +352,7 @@ fn term_or_int_while_waiting_leaves_no_node() {
     let dir = TempDir::new().unwrap();
     let (mut holder, go) = hold(&lock, &dir, "holder");
     for (sig, expected) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
-        let waiter = run_shared(&lock, &[], &["echo", "never"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let waiter = run_shared(&lock, &[], &["echo", "never"]).stdout(Stdio::piped()).spawn().unwrap();
         zk.wait_children(&lock, 2);
         send(waiter.id(), sig);
         let out = wait_output(waiter);
@@ -493,17 +373,9 @@ fn unknown_node_in_the_lock_directory_is_an_error_not_ignored() {
     zk.create_persistent(&format!("{lock}/notes"), b"");
     let out = output(run_shared(&lock, &[], &["echo", "never"]));
     assert_eq!(code(out.status), 125);
-    assert!(
-        stderr(&out).contains("cannot classify: 'notes'"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("cannot classify: 'notes'"), "{}", stderr(&out));
     assert_eq!(stdout(&out), "");
-    assert_eq!(
-        zk.children(&lock),
-        vec!["notes".to_string()],
-        "our node was removed"
-    );
+    assert_eq!(zk.children(&lock), vec!["notes".to_string()], "our node was removed");
     zk.delete(&format!("{lock}/notes"));
 }
 
@@ -512,10 +384,7 @@ fn kazoo_and_curator_contenders_are_respected() {
     let zk = shared();
     let lock = unique_lock_path("interop");
     zk.mkdir(&lock);
-    for prefix in [
-        "0123456789abcdef0123456789abcdef__lock__",
-        "_c_6f1c2b9e-3a4d-4e5f-8a7b-1c2d3e4f5a6b-lock-",
-    ] {
+    for prefix in ["0123456789abcdef0123456789abcdef__lock__", "_c_6f1c2b9e-3a4d-4e5f-8a7b-1c2d3e4f5a6b-lock-"] {
         let node = zk.create_ephemeral_seq(&format!("{lock}/{prefix}"), b"10.0.0.1");
         let out = output(run_shared(&lock, &["-n"], &["echo", "never"]));
         assert_eq!(code(out.status), 75, "{prefix}: {}", stderr(&out));
@@ -535,37 +404,18 @@ fn kill_9_of_zklock_kills_the_command_and_the_lock_frees_when_the_session_expire
     let mut first = run_shared(
         &lock,
         &["--session-timeout", "2s"],
-        &[
-            "sh",
-            "-c",
-            r#"echo $$ > "$1"; exec sleep 300"#,
-            "sh",
-            pidfile.to_str().unwrap(),
-        ],
+        &["sh", "-c", r#"echo $$ > "$1"; exec sleep 300"#, "sh", pidfile.to_str().unwrap()],
     )
     .spawn()
     .unwrap();
     let command = read_pid(&pidfile);
     let marks = dir.path().join("second");
-    let mut second = run_shared(
-        &lock,
-        &[],
-        &[
-            "sh",
-            "-c",
-            r#"echo ran > "$1""#,
-            "sh",
-            marks.to_str().unwrap(),
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let mut second =
+        run_shared(&lock, &[], &["sh", "-c", r#"echo ran > "$1""#, "sh", marks.to_str().unwrap()]).spawn().unwrap();
     zk.wait_children(&lock, 2);
     send(first.id(), Signal::SIGKILL);
     let _ = first.wait();
-    support::wait_until(PATIENCE, "the command to die with zklock", || {
-        !alive(command)
-    });
+    support::wait_until(PATIENCE, "the command to die with zklock", || !alive(command));
     // The second contender gets the lock only after the first session's node is gone.
     assert_eq!(code(wait_status(&mut second)), 0);
     assert_eq!(std::fs::read_to_string(&marks).unwrap(), "ran\n");
@@ -586,22 +436,14 @@ fn server_frozen_past_the_threshold_stops_the_command_at_the_deadline() {
     let dir = TempDir::new().unwrap();
     let ready = dir.path().join("ready");
     let termed = dir.path().join("termed");
-    let script =
-        r#"trap 'echo TERM > "$2"; exit 0' TERM; echo $$ > "$1"; while :; do sleep 0.02; done"#;
+    let script = r#"trap 'echo TERM > "$2"; exit 0' TERM; echo $$ > "$1"; while :; do sleep 0.02; done"#;
     // T = 4 s, tick 500 ms: threshold about 1.9 s after the last confirmed heartbeat.
     let child = run_cmd(
         &server.connect_string(),
         server.tick(),
         lock,
         &["--session-timeout", "4s"],
-        &[
-            "sh",
-            "-c",
-            script,
-            "sh",
-            ready.to_str().unwrap(),
-            termed.to_str().unwrap(),
-        ],
+        &["sh", "-c", script, "sh", ready.to_str().unwrap(), termed.to_str().unwrap()],
     )
     .stderr(Stdio::piped())
     .spawn()
@@ -614,11 +456,7 @@ fn server_frozen_past_the_threshold_stops_the_command_at_the_deadline() {
     server.thaw();
     let out = wait_output(child);
     assert_eq!(code(out.status), 124, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no heartbeat confirmed"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no heartbeat confirmed"), "{}", stderr(&out));
     let zk = Zk::connect(&server.connect_string());
     zk.wait_children(lock, 0);
 }
@@ -638,15 +476,7 @@ fn server_frozen_for_a_second_is_survived() {
         server.tick(),
         lock,
         &["--session-timeout", "8s"],
-        &[
-            "sh",
-            "-c",
-            script,
-            "sh",
-            ready.to_str().unwrap(),
-            go.to_str().unwrap(),
-            termed.to_str().unwrap(),
-        ],
+        &["sh", "-c", script, "sh", ready.to_str().unwrap(), go.to_str().unwrap(), termed.to_str().unwrap()],
     )
     .stderr(Stdio::piped())
     .spawn()

@@ -21,11 +21,7 @@ pub struct Zk {
 
 impl Zk {
     pub fn connect(connect: &str) -> Zk {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let client = rt.block_on(support::zk_client(connect));
         Zk { rt, client }
     }
@@ -43,9 +39,7 @@ impl Zk {
     }
 
     pub fn delete(&self, path: &str) {
-        self.rt
-            .block_on(self.client.delete(path, None))
-            .unwrap_or_else(|e| panic!("delete({path}): {e}"));
+        self.rt.block_on(self.client.delete(path, None)).unwrap_or_else(|e| panic!("delete({path}): {e}"));
     }
 
     pub fn mkdir(&self, path: &str) {
@@ -55,18 +49,13 @@ impl Zk {
     /// Creates an ephemeral sequential node `prefix<seq>` owned by this client's session.
     pub fn create_ephemeral_seq(&self, prefix: &str, data: &[u8]) -> String {
         let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
-        let (_, seq) = self
-            .rt
-            .block_on(self.client.create(prefix, data, &opts))
-            .unwrap();
+        let (_, seq) = self.rt.block_on(self.client.create(prefix, data, &opts)).unwrap();
         format!("{prefix}{seq}")
     }
 
     pub fn create_persistent(&self, path: &str, data: &[u8]) {
         let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
-        self.rt
-            .block_on(self.client.create(path, data, &opts))
-            .unwrap();
+        self.rt.block_on(self.client.create(path, data, &opts)).unwrap();
     }
 
     pub fn session_id(&self) -> i64 {
@@ -87,18 +76,14 @@ impl Zk {
 /// The zklock binary with `ZKLOCK_ZK` pointing at `connect`, stdin closed.
 pub fn zklock(connect: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_zklock"));
-    c.env("ZKLOCK_ZK", connect)
-        .env_remove("ZKLOCK_LOG")
-        .stdin(Stdio::null());
+    c.env("ZKLOCK_ZK", connect).env_remove("ZKLOCK_LOG").stdin(Stdio::null());
     c
 }
 
 /// `zklock run --server-tick <tick> OPTS LOCK -- ARGV`.
 pub fn run_cmd(connect: &str, tick: Duration, lock: &str, opts: &[&str], argv: &[&str]) -> Command {
     let mut c = zklock(connect);
-    c.arg("run")
-        .arg("--server-tick")
-        .arg(format!("{}ms", tick.as_millis()));
+    c.arg("run").arg("--server-tick").arg(format!("{}ms", tick.as_millis()));
     c.args(opts).arg(lock).arg("--").args(argv);
     c
 }
@@ -126,10 +111,7 @@ pub fn wait_output(mut child: Child) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!(
-                "zklock did not finish in time; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("zklock did not finish in time; stderr: {}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -163,10 +145,7 @@ pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the parenthesised command name.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next());
+            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
             state != Some("Z") && state != Some("X")
         }
         Err(_) => false,
@@ -176,9 +155,7 @@ pub fn alive(pid: i32) -> bool {
 /// Waits for a file holding one pid (written by a test command) and returns it.
 pub fn read_pid(path: &Path) -> i32 {
     let text = support::wait_for_file_line(path, "\n", PATIENCE);
-    text.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{} holds no pid: {text:?}", path.display()))
+    text.trim().parse().unwrap_or_else(|_| panic!("{} holds no pid: {text:?}", path.display()))
 }
 
 pub fn send(pid: u32, sig: nix::sys::signal::Signal) {

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
 
 #[allow(unused_imports)] // re-exported for other test modules
-pub use zk::{
-    four_letter, four_letter_timeout, shared_zk, ZkEnsemble, ZkOptions, ZkServer, READY_TIMEOUT,
-};
+pub use zk::{four_letter, four_letter_timeout, shared_zk, ZkEnsemble, ZkOptions, ZkServer, READY_TIMEOUT};
 
 /// Session timeout requested by [`zk_client`].
 pub const CLIENT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,10 +59,7 @@ pub async fn get_data(client: &Client, path: &str) -> Option<Vec<u8>> {
 /// `mkdir -p` for persistent, world-writable nodes.
 pub async fn mkdir_p(client: &Client, path: &str) {
     let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
-    client
-        .mkdir(path, &opts)
-        .await
-        .unwrap_or_else(|e| panic!("mkdir -p {path}: {e}"));
+    client.mkdir(path, &opts).await.unwrap_or_else(|e| panic!("mkdir -p {path}: {e}"));
 }
 
 /// A fresh lock path, `/it/<name>-<8 hex chars>`, so tests sharing [`shared_zk`] never
@@ -82,10 +77,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
         if f() {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -101,10 +93,7 @@ where
         if f().await {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -59,16 +59,9 @@ fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
 }
 
 fn spawn_here(spec: SpawnSpec) -> io::Result<Child> {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)?;
+    let log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.args(&spec.args).current_dir(&spec.cwd).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     let parent = nix::unistd::getpid();
     // SAFETY: only async-signal-safe syscalls (prctl, getppid) run between fork and exec.
     unsafe {
@@ -88,9 +81,6 @@ fn spawn_here(spec: SpawnSpec) -> io::Result<Child> {
 /// so the child can never outlive the test binary.
 pub(crate) fn spawn(spec: SpawnSpec) -> io::Result<Child> {
     let (reply, rx) = mpsc::channel();
-    spawner()
-        .send(SpawnRequest { spec, reply })
-        .expect("process spawner thread is gone");
-    rx.recv()
-        .expect("process spawner thread dropped the request")
+    spawner().send(SpawnRequest { spec, reply }).expect("process spawner thread is gone");
+    rx.recv().expect("process spawner thread dropped the request")
 }

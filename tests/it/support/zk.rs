@@ -72,12 +72,7 @@ pub struct ZkOptions {
 
 impl Default for ZkOptions {
     fn default() -> Self {
-        ZkOptions {
-            tick_ms: 500,
-            min_session_timeout_ms: None,
-            max_session_timeout_ms: None,
-            extra_config: Vec::new(),
-        }
+        ZkOptions { tick_ms: 500, min_session_timeout_ms: None, max_session_timeout_ms: None, extra_config: Vec::new() }
     }
 }
 
@@ -128,16 +123,11 @@ impl ZkServer {
             server.spawn_process();
             match server.poll_ready(Instant::now() + READY_TIMEOUT) {
                 Readiness::Ready => return server,
-                Readiness::TimedOut => panic!(
-                    "ZooKeeper on port {port} not serving after {READY_TIMEOUT:?}\n{}",
-                    server.log_report()
-                ),
+                Readiness::TimedOut => {
+                    panic!("ZooKeeper on port {port} not serving after {READY_TIMEOUT:?}\n{}", server.log_report())
+                }
                 other => {
-                    let _ = writeln!(
-                        failures,
-                        "attempt {attempt} on port {port}: {other:?}\n{}",
-                        server.log_report()
-                    );
+                    let _ = writeln!(failures, "attempt {attempt} on port {port}: {other:?}\n{}", server.log_report());
                 }
             }
         }
@@ -197,9 +187,7 @@ impl ZkServer {
     /// server is not serving. Takes up to ~1 s on a frozen server.
     pub fn mode(&self) -> Option<String> {
         let out = four_letter_timeout(self.port, "srvr", Duration::from_secs(1));
-        out.lines()
-            .find_map(|l| l.strip_prefix("Mode: "))
-            .map(|m| m.trim().to_string())
+        out.lines().find_map(|l| l.strip_prefix("Mode: ")).map(|m| m.trim().to_string())
     }
 
     /// SIGKILLs the JVM (by PID) and reaps it. No-op if it is not running.
@@ -244,11 +232,7 @@ impl ZkServer {
     }
 
     fn signal(&self, sig: Signal) {
-        assert!(
-            self.is_running(),
-            "ZooKeeper pid {} is not running",
-            self.pid
-        );
+        assert!(self.is_running(), "ZooKeeper pid {} is not running", self.pid);
         kill(self.nix_pid(), sig).unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid));
     }
 
@@ -292,13 +276,7 @@ impl ZkServer {
             let _ = writeln!(cfg, "{line}");
         }
         std::fs::write(dir.path().join("zoo.cfg"), cfg).expect("write zoo.cfg");
-        ZkServer {
-            dir,
-            port,
-            tick: Duration::from_millis(opts.tick_ms.into()),
-            pid: 0,
-            child: Mutex::new(None),
-        }
+        ZkServer { dir, port, tick: Duration::from_millis(opts.tick_ms.into()), pid: 0, child: Mutex::new(None) }
     }
 
     /// Spawns the JVM (from the PDEATHSIG spawner thread).
@@ -409,15 +387,10 @@ impl ZkEnsemble {
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
             let ports = free_ports(3 * n);
-            let peers: Vec<(u16, u16)> = (0..n)
-                .map(|i| (ports[n + 2 * i], ports[n + 2 * i + 1]))
-                .collect();
+            let peers: Vec<(u16, u16)> = (0..n).map(|i| (ports[n + 2 * i], ports[n + 2 * i + 1])).collect();
             let mut servers: Vec<ZkServer> = (0..n)
                 .map(|i| {
-                    let member = Membership {
-                        myid: i + 1,
-                        peers: &peers,
-                    };
+                    let member = Membership { myid: i + 1, peers: &peers };
                     ZkServer::prepare(ports[i], &opts, Some(member))
                 })
                 .collect();
@@ -437,10 +410,7 @@ impl ZkEnsemble {
                         );
                     }
                     other => {
-                        failed = Some(format!(
-                            "attempt {attempt}: member {i}: {other:?}\n{}",
-                            s.log_report()
-                        ));
+                        failed = Some(format!("attempt {attempt}: member {i}: {other:?}\n{}", s.log_report()));
                         break;
                     }
                 }
@@ -465,11 +435,7 @@ impl ZkEnsemble {
 
     /// Connect string listing every member: `"127.0.0.1:P1,127.0.0.1:P2,..."`.
     pub fn connect_string(&self) -> String {
-        self.servers
-            .iter()
-            .map(ZkServer::connect_string)
-            .collect::<Vec<_>>()
-            .join(",")
+        self.servers.iter().map(ZkServer::connect_string).collect::<Vec<_>>().join(",")
     }
 
     /// Member `i` (0-based; its `myid` is `i + 1`).
@@ -489,9 +455,7 @@ impl ZkEnsemble {
 
     /// Index of the member whose `srvr` reports `Mode: leader`, if any (running members only).
     pub fn leader_index(&self) -> Option<usize> {
-        self.servers
-            .iter()
-            .position(|s| s.is_running() && s.mode().as_deref() == Some("leader"))
+        self.servers.iter().position(|s| s.is_running() && s.mode().as_deref() == Some("leader"))
     }
 
     /// Waits until some member is leader and returns its index.
@@ -501,10 +465,7 @@ impl ZkEnsemble {
             if let Some(i) = self.leader_index() {
                 return i;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no ZooKeeper leader within {timeout:?}"
-            );
+            assert!(Instant::now() < deadline, "no ZooKeeper leader within {timeout:?}");
             thread::sleep(READY_POLL);
         }
     }
@@ -534,34 +495,21 @@ pub fn four_letter_timeout(port: u16, word: &str, timeout: Duration) -> String {
 }
 
 fn is_serving(srvr: &str) -> bool {
-    srvr.lines().any(|l| {
-        matches!(
-            l.trim(),
-            "Mode: standalone" | "Mode: leader" | "Mode: follower" | "Mode: observer"
-        )
-    })
+    srvr.lines().any(|l| matches!(l.trim(), "Mode: standalone" | "Mode: leader" | "Mode: follower" | "Mode: observer"))
 }
 
 /// `n` distinct free loopback ports (all bound at once, then released).
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local_addr").port())
-        .collect()
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local_addr").port()).collect()
 }
 
 fn new_server_dir() -> TempDir {
     static SWEEP: Once = Once::new();
     SWEEP.call_once(sweep_stale_dirs);
-    let mut dir = tempfile::Builder::new()
-        .prefix(DIR_PREFIX)
-        .tempdir()
-        .expect("create ZooKeeper temp dir");
-    std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
-        .expect("write owner.pid");
+    let mut dir = tempfile::Builder::new().prefix(DIR_PREFIX).tempdir().expect("create ZooKeeper temp dir");
+    std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string()).expect("write owner.pid");
     if std::env::var_os("ZKLOCK_IT_KEEP_ZK").is_some_and(|v| v == "1") {
         dir.disable_cleanup(true);
     }
@@ -579,9 +527,8 @@ fn sweep_stale_dirs() {
             continue;
         }
         let path = entry.path();
-        let Some(owner) = std::fs::read_to_string(path.join("owner.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
+        let Some(owner) =
+            std::fs::read_to_string(path.join("owner.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())
         else {
             continue; // being created right now, or not ours
         };
@@ -593,9 +540,7 @@ fn sweep_stale_dirs() {
 
 fn java() -> OsString {
     match std::env::var_os("JAVA_HOME") {
-        Some(home) if Path::new(&home).join("bin/java").exists() => {
-            Path::new(&home).join("bin/java").into()
-        }
+        Some(home) if Path::new(&home).join("bin/java").exists() => Path::new(&home).join("bin/java").into(),
         _ => "java".into(),
     }
 }
@@ -607,28 +552,13 @@ fn classpath() -> &'static str {
             return cp;
         }
         let dir = PathBuf::from(std::env::var_os("ZK_JAR_DIR").unwrap_or_else(|| "/usr/share/java".into()));
-        let logger = if dir.join("slf4j-simple.jar").exists() {
-            "slf4j-simple.jar"
-        } else {
-            "slf4j-nop.jar"
-        };
-        let jars: Vec<PathBuf> = JARS
-            .iter()
-            .chain(std::iter::once(&logger))
-            .map(|j| dir.join(j))
-            .collect();
-        let missing: Vec<String> = jars
-            .iter()
-            .filter(|j| !j.exists())
-            .map(|j| j.display().to_string())
-            .collect();
+        let logger = if dir.join("slf4j-simple.jar").exists() { "slf4j-simple.jar" } else { "slf4j-nop.jar" };
+        let jars: Vec<PathBuf> = JARS.iter().chain(std::iter::once(&logger)).map(|j| dir.join(j)).collect();
+        let missing: Vec<String> = jars.iter().filter(|j| !j.exists()).map(|j| j.display().to_string()).collect();
         assert!(
             missing.is_empty(),
             "ZooKeeper jars missing (install Debian's `zookeeper` package or set ZK_CLASSPATH): {missing:?}"
         );
-        jars.iter()
-            .map(|j| j.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":")
+        jars.iter().map(|j| j.display().to_string()).collect::<Vec<_>>().join(":")
     })
 }
