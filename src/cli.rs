@@ -60,6 +60,44 @@ pub enum Command {
     /// Acquire a lock, run a command while holding it, release it
     #[command(after_help = format!("{EXIT_CODES}\n\n{RUN_ENV}"))]
     Run(RunArgs),
+    /// Show who holds a lock and who waits, for people (a table) and scripts (--json, status)
+    #[command(after_help = STATUS_HELP)]
+    Status(StatusArgs),
+}
+
+const STATUS_HELP: &str = "\
+Exit status:
+  0    every lock named is held (with --recursive: every lock found)
+  1    a lock is free (a lock path that does not exist is free)
+  125  error: no server, bad path, ...
+
+Examples:
+  zklock status /locks/nightly-report
+  zklock status --json /locks/deploy/prod | jq '.locks[0].holder.host'
+  zklock status --recursive /locks
+  zklock status -q /locks/etl && echo 'ETL is running'
+  zklock status --watch /locks/deploy/prod";
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Lock paths to show (with --recursive: one path to search below)
+    #[arg(value_name = "LOCK", required = true)]
+    pub locks: Vec<String>,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Print a versioned JSON document instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    /// List every lock below the path, one line each
+    #[arg(short, long, conflicts_with = "watch")]
+    pub recursive: bool,
+
+    /// Keep running and print a line each time a holder or queue changes, until interrupted
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
 }
 
 /// How to reach ZooKeeper.
@@ -77,10 +115,6 @@ pub struct ConnectArgs {
     /// Give up if no server answers within this long
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
-
-    /// The servers' tickTime, used in the safety budget
-    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
-    pub server_tick: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +129,10 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub connect: ConnectArgs,
+
+    /// The servers' tickTime, used in the safety budget
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Safety")]
+    pub server_tick: Duration,
 
     /// Give up waiting for the lock after this long (default: wait forever)
     #[arg(short, long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Waiting")]
@@ -196,7 +234,7 @@ mod tests {
     #[test]
     fn run_parses_argv_after_double_dash_verbatim() {
         let cli = Cli::try_parse_from(["zklock", "run", "-n", "/l", "--", "sh", "-c", "echo a  b", "--wait"]).unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else { panic!("not run") };
         assert!(run.no_wait);
         assert_eq!(run.command, ["sh", "-c", "echo a  b", "--wait"].map(OsString::from));
         assert_eq!(run.conflict_exit_code, 75);

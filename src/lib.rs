@@ -12,6 +12,7 @@ pub mod nodedata;
 pub mod run;
 pub mod session;
 pub mod signals;
+pub mod status;
 pub mod supervise;
 
 use std::time::{Instant, SystemTime};
@@ -27,9 +28,11 @@ pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
             return exit::FAILURE;
         }
     };
+    let quiet = cli.quiet;
     let result = runtime.block_on(async move {
         match cli.command {
             cli::Command::Run(args) => run::run(args, started_at, t0).await,
+            cli::Command::Status(args) => status::status(args, quiet).await,
         }
     });
     match result {

@@ -150,7 +150,7 @@ async fn hold(
     debug!("connected: session {} with a negotiated timeout of {session_timeout:?}", client.session_id());
     let budget = Budget::compute(BudgetRequest {
         session_timeout,
-        tick: args.connect.server_tick,
+        tick: args.server_tick,
         threshold: args.disconnect_threshold,
         grace: args.grace,
     })?;

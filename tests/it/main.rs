@@ -1,4 +1,5 @@
 mod harness_smoke;
 mod run;
+mod status;
 mod support;
 mod util;

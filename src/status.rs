@@ -1,0 +1,515 @@
+//! `zklock status`: who holds a lock, who waits and for how long — as a table for people and
+//! as a versioned JSON document for scripts; `--recursive` lists every lock below a path and
+//! `--watch` prints a line whenever a holder or queue changes (driven by watches, not polling).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use zookeeper_client::{Client, MultiReadResult, Stat};
+
+use crate::cli::StatusArgs;
+use crate::lock::{self, classify, NodeKind};
+use crate::nodedata::NodeData;
+use crate::signals::Signals;
+
+/// Version of the JSON document printed by `--json`.
+pub const JSON_FORMAT: u32 = 1;
+/// Reads per multi-read request, well below the server's default 1 MiB packet limit.
+const READ_BATCH: usize = 500;
+/// `--recursive` stops after visiting this many nodes.
+const MAX_VISITED: usize = 100_000;
+
+/// Exit status: every lock held.
+pub const HELD: u8 = 0;
+/// Exit status: a lock is free.
+pub const FREE: u8 = 1;
+
+/// The whole `--json` document.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Format version of this document.
+    pub zklock_status: u32,
+    /// When the report was made (RFC 3339, UTC).
+    pub generated_at: String,
+    pub locks: Vec<LockReport>,
+}
+
+/// One lock.
+#[derive(Debug, Serialize)]
+pub struct LockReport {
+    pub path: String,
+    /// False when the lock path does not exist (the lock is then free).
+    pub exists: bool,
+    pub held: bool,
+    pub holder: Option<Contender>,
+    /// In queue order: the first is next.
+    pub waiters: Vec<Contender>,
+    /// Children that take no part in any known lock recipe.
+    pub other_nodes: Vec<OtherNode>,
+}
+
+/// A holder or waiter.
+#[derive(Debug, Serialize)]
+pub struct Contender {
+    pub node: String,
+    /// `zklock`, `curator`, `curator-read`, `curator-write`, `kazoo` or `kazoo-read`.
+    pub kind: &'static str,
+    pub sequence: i64,
+    /// 0 for the holder, 1 for the next in line, ...
+    pub position: usize,
+    pub session_id: String,
+    pub fencing_token: i64,
+    /// When the node was created, i.e. joined the queue.
+    pub joined_at: String,
+    pub joined_seconds_ago: f64,
+    /// Holder: when it acquired the lock (for nodes not written by zklock: when it joined).
+    /// Waiter: when it joined.
+    pub since: String,
+    pub seconds: f64,
+    pub host: Option<String>,
+    pub pid: Option<u32>,
+    pub user: Option<String>,
+    pub label: Option<String>,
+    pub command: Option<String>,
+    pub zklock_version: Option<String>,
+    /// Raw data, summarised, for nodes not written by zklock.
+    pub data: Option<String>,
+}
+
+/// A child of the lock directory that is not a lock node.
+#[derive(Debug, Serialize)]
+pub struct OtherNode {
+    pub node: String,
+    /// Hex session id for an ephemeral node, null for a persistent one.
+    pub session_id: Option<String>,
+    pub data: String,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+fn seconds_between(earlier: SystemTime, now: SystemTime) -> f64 {
+    let s = now.duration_since(earlier).unwrap_or_default().as_secs_f64();
+    (s * 1000.0).round() / 1000.0
+}
+
+/// A short, printable summary of a node's raw data.
+pub fn summarize(data: &[u8]) -> String {
+    const MAX: usize = 60;
+    if data.is_empty() {
+        return "(empty)".into();
+    }
+    match std::str::from_utf8(data) {
+        Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+            let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if one_line.chars().count() > MAX {
+                format!("{:?}… ({} bytes)", one_line.chars().take(MAX).collect::<String>(), data.len())
+            } else {
+                format!("{one_line:?}")
+            }
+        }
+        _ => format!("({} bytes of binary data)", data.len()),
+    }
+}
+
+fn kind_name(kind: NodeKind, ours: bool) -> &'static str {
+    match kind {
+        NodeKind::CuratorMutex if ours => "zklock",
+        NodeKind::CuratorMutex => "curator",
+        NodeKind::CuratorRead => "curator-read",
+        NodeKind::CuratorWrite => "curator-write",
+        NodeKind::KazooLock => "kazoo",
+        NodeKind::KazooRead => "kazoo-read",
+    }
+}
+
+/// Data and stat of each path, in batches; `None` where the node vanished meanwhile.
+async fn read_all(client: &Client, paths: &[String]) -> Result<Vec<Option<(Vec<u8>, Stat)>>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for batch in paths.chunks(READ_BATCH) {
+        let results = lock::retry(client, || {
+            let mut reader = client.new_multi_reader();
+            for p in batch {
+                reader.add_get_data(p).expect("valid child path");
+            }
+            reader.commit()
+        })
+        .await
+        .context("cannot read the lock nodes")?;
+        for r in results {
+            out.push(match r {
+                MultiReadResult::Data { data, stat } => Some((data, stat)),
+                _ => None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one lock: its queue in order, with each node's data.
+pub async fn inspect(client: &Client, path: &str, now: SystemTime) -> Result<LockReport> {
+    let children = match lock::retry(client, || client.list_children(path)).await {
+        Ok(c) => c,
+        Err(zookeeper_client::Error::NoNode) => {
+            return Ok(LockReport {
+                path: path.into(),
+                exists: false,
+                held: false,
+                holder: None,
+                waiters: vec![],
+                other_nodes: vec![],
+            })
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot list {path}")),
+    };
+    report_from_children(client, path, children, now).await
+}
+
+async fn report_from_children(
+    client: &Client,
+    path: &str,
+    children: Vec<String>,
+    now: SystemTime,
+) -> Result<LockReport> {
+    let paths: Vec<String> = children.iter().map(|c| format!("{path}/{c}")).collect();
+    let nodes = read_all(client, &paths).await?;
+    let mut queue = Vec::new();
+    let mut other_nodes = Vec::new();
+    for (name, node) in children.into_iter().zip(nodes) {
+        let Some((data, stat)) = node else { continue };
+        match classify(&name) {
+            Some(c) => queue.push((c, data, stat)),
+            None => other_nodes.push(OtherNode {
+                node: name,
+                session_id: (stat.ephemeral_owner != 0).then(|| format!("{:#x}", stat.ephemeral_owner)),
+                data: summarize(&data),
+            }),
+        }
+    }
+    queue.sort_by_key(|(c, _, _)| c.seq);
+    other_nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let mut contenders = queue.into_iter().enumerate().map(|(position, (c, data, stat))| {
+        let doc = if c.kind == NodeKind::CuratorMutex { NodeData::parse(&data) } else { None };
+        let joined = from_millis(stat.ctime);
+        let since = if position == 0 {
+            doc.as_ref()
+                .and_then(|d| d.acquired_at.as_deref())
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .unwrap_or(joined)
+        } else {
+            joined
+        };
+        Contender {
+            kind: kind_name(c.kind, doc.is_some()),
+            node: c.name,
+            sequence: c.seq,
+            position,
+            session_id: format!("{:#x}", stat.ephemeral_owner),
+            fencing_token: stat.czxid,
+            joined_at: rfc3339(joined),
+            joined_seconds_ago: seconds_between(joined, now),
+            since: rfc3339(since),
+            seconds: seconds_between(since, now),
+            data: doc.is_none().then(|| summarize(&data)),
+            host: doc.as_ref().map(|d| d.host.clone()),
+            pid: doc.as_ref().map(|d| d.pid),
+            user: doc.as_ref().map(|d| d.user.clone()),
+            label: doc.as_ref().and_then(|d| d.label.clone()),
+            command: doc.as_ref().map(|d| d.command.clone()),
+            zklock_version: doc.as_ref().map(|d| d.version.clone()),
+        }
+    });
+    let holder = contenders.next();
+    let waiters = contenders.collect();
+    Ok(LockReport { path: path.into(), exists: true, held: holder.is_some(), holder, waiters, other_nodes })
+}
+
+/// Every lock below `root`: nodes with lock-node children, and free lock directories — empty,
+/// data-less nodes that once had children (the server hides the container flag from clients,
+/// so this is how a lock directory whose last holder left looks until the server reaps it).
+/// Lock directories are not descended into.
+pub async fn find_locks(client: &Client, root: &str) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    let mut visited = 0;
+    while let Some(path) = todo.pop() {
+        visited += 1;
+        if visited > MAX_VISITED {
+            bail!("more than {MAX_VISITED} nodes below {root}; name a narrower path");
+        }
+        let (mut children, stat) = match lock::retry(client, || client.get_children(&path)).await {
+            Ok(r) => r,
+            Err(zookeeper_client::Error::NoNode) if path != root => continue,
+            Err(zookeeper_client::Error::NoNode) => return Ok(found),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {path}")),
+        };
+        let is_lock = children.iter().any(|c| classify(c).is_some())
+            || (children.is_empty() && stat.data_length == 0 && stat.cversion > 0 && path != root);
+        if is_lock {
+            found.push(path);
+            continue;
+        }
+        children.sort();
+        for child in children.into_iter().rev() {
+            let child_path = if path == "/" { format!("/{child}") } else { format!("{path}/{child}") };
+            if child_path != "/zookeeper" {
+                todo.push(child_path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn compact(seconds: f64) -> String {
+    let d = Duration::from_secs(seconds as u64);
+    if d.is_zero() {
+        return "0s".into();
+    }
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+fn who(c: &Contender) -> String {
+    match (&c.host, c.pid, &c.command) {
+        (Some(host), Some(pid), Some(cmd)) => format!("{host} pid {pid} ({cmd})"),
+        _ => format!("a {} client (session {})", c.kind, c.session_id),
+    }
+}
+
+/// The one-line summary of a lock, as `--recursive` and `--watch` print it.
+pub fn summary_line(r: &LockReport) -> String {
+    match (&r.holder, r.exists) {
+        (_, false) => format!("{}: free (no such lock path)", r.path),
+        (None, true) => format!("{}: free", r.path),
+        (Some(h), true) => {
+            format!("{}: held by {} for {}, {} waiting", r.path, who(h), compact(h.seconds), r.waiters.len())
+        }
+    }
+}
+
+/// Renders rows as columns separated by two spaces.
+fn table(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::from("  ");
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The human-readable view of one lock: a summary line, then a table of the queue.
+pub fn render_text(r: &LockReport) -> String {
+    let mut out = summary_line(r);
+    out.push('\n');
+    let contenders: Vec<&Contender> = r.holder.iter().chain(r.waiters.iter()).collect();
+    if !contenders.is_empty() {
+        let dash = || "-".to_string();
+        let mut rows = vec![["POS", "STATE", "FOR", "HOST", "PID", "USER", "COMMAND", "LABEL", "TOKEN", "SESSION"]
+            .map(String::from)
+            .to_vec()];
+        for c in contenders {
+            rows.push(vec![
+                c.position.to_string(),
+                if c.position == 0 { "holding" } else { "waiting" }.into(),
+                compact(c.seconds),
+                c.host.clone().unwrap_or_else(dash),
+                c.pid.map_or_else(dash, |p| p.to_string()),
+                c.user.clone().unwrap_or_else(dash),
+                c.command.clone().unwrap_or_else(|| format!("({} node)", c.kind)),
+                c.label.clone().or_else(|| c.data.clone()).unwrap_or_else(dash),
+                c.fencing_token.to_string(),
+                c.session_id.clone(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    for o in &r.other_nodes {
+        let owner = o.session_id.as_ref().map_or("persistent".to_string(), |s| format!("ephemeral, session {s}"));
+        out.push_str(&format!("  other node {} ({owner}): {}\n", o.node, o.data));
+    }
+    out
+}
+
+/// The `--recursive` view: one line per lock.
+pub fn render_recursive(reports: &[LockReport]) -> String {
+    if reports.is_empty() {
+        return String::new();
+    }
+    let mut rows = vec![["LOCK", "STATE", "HOLDER", "FOR", "WAITING"].map(String::from).to_vec()];
+    for r in reports {
+        let (state, holder, held_for) = match &r.holder {
+            Some(h) => ("held", who(h), compact(h.seconds)),
+            None => ("free", "-".into(), "-".into()),
+        };
+        rows.push(vec![r.path.clone(), state.into(), holder, held_for, r.waiters.len().to_string()]);
+    }
+    table(&rows)
+}
+
+fn exit_status(reports: &[LockReport]) -> u8 {
+    if !reports.is_empty() && reports.iter().all(|r| r.held) {
+        HELD
+    } else {
+        FREE
+    }
+}
+
+/// `zklock status`.
+pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
+    for path in &args.locks {
+        if path != "/" {
+            lock::validate_lock_path(path)?;
+        }
+    }
+    if args.recursive && args.locks.len() != 1 {
+        bail!("--recursive takes exactly one path");
+    }
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    let client = tokio::select! {
+        c = crate::run::connect(&args.connect) => c?,
+        sig = signals.recv_terminating() => return Ok(crate::exit::from_signal(sig as i32)),
+    };
+    let result = if args.watch {
+        tokio::select! {
+            r = watch(&client, &args.locks, quiet) => r,
+            _ = signals.recv_terminating() => Ok(HELD),
+        }
+    } else {
+        snapshot(&client, &args, quiet).await
+    };
+    crate::run::close(client).await;
+    result
+}
+
+async fn snapshot(client: &Client, args: &StatusArgs, quiet: bool) -> Result<u8> {
+    let now = SystemTime::now();
+    let paths = if args.recursive { find_locks(client, &args.locks[0]).await? } else { args.locks.clone() };
+    let mut reports = Vec::with_capacity(paths.len());
+    for p in &paths {
+        reports.push(inspect(client, p, now).await?);
+    }
+    if !quiet {
+        let text = if args.json {
+            let doc = Report { zklock_status: JSON_FORMAT, generated_at: rfc3339(now), locks: reports };
+            let text = serde_json::to_string_pretty(&doc).expect("report serializes") + "\n";
+            reports = doc.locks;
+            text
+        } else if args.recursive {
+            if reports.is_empty() {
+                format!("no locks below {}\n", args.locks[0])
+            } else {
+                render_recursive(&reports)
+            }
+        } else {
+            reports.iter().map(render_text).collect::<Vec<_>>().join("\n")
+        };
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        // A closed pipe (`| head`) is not an error worth a message.
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    }
+    Ok(exit_status(&reports))
+}
+
+/// Prints the state of each lock, then a line each time its holder or queue changes.
+async fn watch(client: &Client, paths: &[String], quiet: bool) -> Result<u8> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for path in paths {
+        let (client, path) = (client.clone(), path.clone());
+        tasks.spawn(async move { watch_one(&client, &path, quiet).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.context("watch task failed")??;
+    }
+    Ok(HELD)
+}
+
+async fn watch_one(client: &Client, path: &str, quiet: bool) -> Result<()> {
+    let mut last: Option<(bool, Vec<String>)> = None;
+    loop {
+        let watched = lock::retry(client, || client.list_and_watch_children(path)).await;
+        let (report, watcher) = match watched {
+            Ok((children, watcher)) => {
+                (report_from_children(client, path, children, SystemTime::now()).await?, Some(watcher))
+            }
+            Err(zookeeper_client::Error::NoNode) => (inspect(client, path, SystemTime::now()).await?, None),
+            Err(e) => return Err(e).with_context(|| format!("cannot watch {path}")),
+        };
+        let key = (report.exists, report.holder.iter().chain(&report.waiters).map(|c| c.node.clone()).collect());
+        if last.as_ref() != Some(&key) {
+            if !quiet {
+                println!("{} {}", rfc3339(SystemTime::now()), summary_line(&report));
+            }
+            last = Some(key);
+        }
+        let event = match watcher {
+            Some(w) => w.changed().await,
+            None => match lock::retry(client, || client.check_and_watch_stat(path)).await {
+                // Created meanwhile: look again.
+                Ok((Some(_), _)) => continue,
+                Ok((None, w)) => w.changed().await,
+                Err(e) => return Err(e).with_context(|| format!("cannot watch {path}")),
+            },
+        };
+        if event.session_state.is_terminated() {
+            bail!("the ZooKeeper session ended ({})", event.session_state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_of_raw_data() {
+        assert_eq!(summarize(b""), "(empty)");
+        assert_eq!(summarize(b"10.0.0.7"), "\"10.0.0.7\"");
+        assert_eq!(summarize(b"a\n  b"), "\"a b\"");
+        assert_eq!(summarize(&[0, 159, 146, 150]), "(4 bytes of binary data)");
+        let long = "x".repeat(100);
+        assert_eq!(summarize(long.as_bytes()), format!("{:?}… (100 bytes)", "x".repeat(60)));
+    }
+
+    #[test]
+    fn compact_durations() {
+        assert_eq!(compact(0.4), "0s");
+        assert_eq!(compact(192.9), "3m12s");
+        assert_eq!(compact(90061.0), "1day1h1m1s");
+    }
+
+    #[test]
+    fn exit_status_for_scripts() {
+        let free = LockReport {
+            path: "/a".into(),
+            exists: false,
+            held: false,
+            holder: None,
+            waiters: vec![],
+            other_nodes: vec![],
+        };
+        assert_eq!(exit_status(&[]), FREE);
+        assert_eq!(exit_status(&[free]), FREE);
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![vec!["A".to_string(), "BB".into(), "C".into()], vec!["long".into(), "x".into(), "".into()]];
+        assert_eq!(table(&rows), "  A     BB  C\n  long  x\n");
+    }
+}
