@@ -7,32 +7,133 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::Signal;
 
-const EXIT_CODES: &str = "\
-Exit status:
-  N        the command's own exit status
-  128+N    the command died of signal N (or zklock got signal N while waiting)
-  75       lock not acquired: --no-wait found it held, or --wait ran out (see -E)
-  124      the lock was lost while the command ran, and zklock stopped it
-  125      zklock failed: usage, bad lock path, no server, ACL, session ended while waiting
-  126      the command is not executable
-  127      the command was not found";
+/// A titled list of (term, description) rows, shared by `--help` and the man pages.
+pub struct DocSection {
+    pub title: &'static str,
+    pub rows: &'static [(&'static str, &'static str)],
+}
 
-const RUN_ENV: &str = "\
-Environment given to the command:
-  ZKLOCK_LOCK           the lock path
-  ZKLOCK_NODE           the full path of our lock node
-  ZKLOCK_FENCING_TOKEN  the lock node's czxid (decimal); strictly rises from holder to holder
-  ZKLOCK_SESSION_ID     the ZooKeeper session id (hex)
+impl DocSection {
+    /// Plain text for `--help`.
+    pub fn to_help(&self) -> String {
+        let width = self.rows.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+        let mut out = format!("{}:\n", self.title);
+        for (term, text) in self.rows {
+            out.push_str(&format!("  {term:width$}  {text}\n"));
+        }
+        out
+    }
+}
 
-Examples:
-  # cron on several hosts: the first host runs the report, the others skip it (exit 75)
-  zklock run -n /locks/nightly-report -- ./report.sh --full
+/// Examples: (what it does, the command line).
+pub struct Examples(pub &'static [(&'static str, &'static str)]);
 
-  # CI deploy step: wait up to 10 minutes for the previous deploy to finish
-  zklock run -w 10m --label \"$CI_JOB_URL\" /locks/deploy/prod -- ./deploy.sh
+impl Examples {
+    pub fn to_help(&self) -> String {
+        let mut out = String::from("Examples:\n");
+        for (i, (what, cmd)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&format!("  # {what}\n  {cmd}\n"));
+        }
+        out
+    }
+}
 
-  # reject stale writers with the fencing token
-  zklock run /locks/etl -- sh -c 'psql -c \"UPDATE etl SET token=$ZKLOCK_FENCING_TOKEN WHERE token < $ZKLOCK_FENCING_TOKEN\" && ./etl'";
+pub const RUN_EXIT_STATUS: DocSection = DocSection {
+    title: "Exit status",
+    rows: &[
+        ("N", "the command's own exit status"),
+        ("128+N", "the command died of signal N (or zklock got signal N while waiting for the lock)"),
+        ("75", "lock not acquired: --no-wait found it held, or --wait ran out (change with -E)"),
+        ("124", "the lock was lost while the command ran, and zklock stopped it (never 0 after a loss)"),
+        ("125", "zklock failed: usage, bad lock path, no server, ACL, budget that does not fit"),
+        ("126", "the command is not executable"),
+        ("127", "the command was not found"),
+    ],
+};
+
+pub const RUN_ENV_GIVEN: DocSection = DocSection {
+    title: "Environment given to the command",
+    rows: &[
+        ("ZKLOCK_LOCK", "the lock path"),
+        ("ZKLOCK_NODE", "the full path of our lock node"),
+        ("ZKLOCK_FENCING_TOKEN", "the lock node's czxid (decimal); strictly rises from holder to holder"),
+        ("ZKLOCK_SESSION_ID", "the ZooKeeper session id (hex)"),
+    ],
+};
+
+pub const ENV_READ: DocSection = DocSection {
+    title: "Environment read by zklock",
+    rows: &[
+        ("ZKLOCK_ZK", "the connect string when -z/--zk is not given"),
+        ("ZKLOCK_LOG", "log filter overriding -v/-q, e.g. zklock=debug,zookeeper_client=info"),
+    ],
+};
+
+pub const RUN_EXAMPLES: Examples = Examples(&[
+    (
+        "cron on several hosts: the first host runs the report, the others skip it (exit 75)",
+        "zklock run -n /locks/nightly-report -- ./report.sh --full",
+    ),
+    (
+        "CI deploy step: wait up to 10 minutes for the previous deploy to finish",
+        "zklock run -w 10m --label \"$CI_JOB_URL\" /locks/deploy/prod -- ./deploy.sh",
+    ),
+    (
+        "refuse stale holders with the fencing token",
+        "zklock run /locks/etl -- sh -c 'psql -v token=\"$ZKLOCK_FENCING_TOKEN\" -f etl.sql'",
+    ),
+]);
+
+pub const STATUS_EXIT_STATUS: DocSection = DocSection {
+    title: "Exit status",
+    rows: &[
+        ("0", "every lock named is held (with --recursive: every lock found, and at least one)"),
+        ("1", "a lock is free; a lock path that does not exist is free"),
+        ("125", "error: no server, invalid path, ..."),
+    ],
+};
+
+pub const STATUS_EXAMPLES: Examples = Examples(&[
+    ("who holds the report lock, and who waits", "zklock status /locks/nightly-report"),
+    ("the holder's host, for a script", "zklock status --json /locks/deploy/prod | jq -r '.locks[0].holder.host'"),
+    ("every lock of the fleet, one line each", "zklock status --recursive /locks"),
+    ("is the ETL running?", "zklock status -q /locks/etl && echo 'ETL is running'"),
+    ("follow a lock's holders and queue", "zklock status --watch /locks/deploy/prod"),
+]);
+
+pub const TOP_EXAMPLES: Examples = Examples(&[
+    ("run a job under a lock, waiting for it", "zklock run /locks/nightly-report -- ./report.sh --full"),
+    ("skip the job if another host runs it", "zklock run -n /locks/nightly-report -- ./report.sh"),
+    ("see who holds it", "zklock status /locks/nightly-report"),
+]);
+
+/// The safety model in brief, for the man pages.
+pub const SAFETY_BRIEF: &str =
+    "While holding, zklock sends a heartbeat every T/10 (T: the negotiated session timeout): \
+a check-only multi on its own lock node, which the ZooKeeper leader must validate. From the send time of the last \
+confirmed heartbeat (t_ok, on CLOCK_BOOTTIME), the command must be dead by D = t_ok + T*(1-1%) - (tick + T/10). \
+zklock sends SIGKILL to the command's process group at D - 400ms and the stop signal (--kill-signal) --grace \
+earlier; that offset from t_ok is the disconnect threshold. A session expiry, a deleted lock node, or a node owned \
+by another session after a reconnect stops the command at once. A threshold or grace that does not fit is refused \
+with the arithmetic. Where zklock itself cannot act (the host paused), ZKLOCK_FENCING_TOKEN lets the protected \
+resource refuse a stale holder.";
+
+fn run_after_help() -> String {
+    format!(
+        "{}\n{}\n{}\n{}",
+        RUN_EXIT_STATUS.to_help(),
+        RUN_ENV_GIVEN.to_help(),
+        ENV_READ.to_help(),
+        RUN_EXAMPLES.to_help()
+    )
+}
+
+fn status_after_help() -> String {
+    format!("{}\n{}", STATUS_EXIT_STATUS.to_help(), STATUS_EXAMPLES.to_help())
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,7 +141,8 @@ Examples:
     version,
     about = "Run a command under a ZooKeeper lock, and stop it before anyone else can get the lock",
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = TOP_EXAMPLES.to_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -50,7 +152,7 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// Only errors on stderr
+    /// Only errors on stderr (status: print nothing, only set the exit status)
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 }
@@ -58,25 +160,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Acquire a lock, run a command while holding it, release it
-    #[command(after_help = format!("{EXIT_CODES}\n\n{RUN_ENV}"))]
+    #[command(after_help = run_after_help())]
     Run(RunArgs),
     /// Show who holds a lock and who waits, for people (a table) and scripts (--json, status)
-    #[command(after_help = STATUS_HELP)]
+    #[command(after_help = status_after_help())]
     Status(StatusArgs),
 }
-
-const STATUS_HELP: &str = "\
-Exit status:
-  0    every lock named is held (with --recursive: every lock found)
-  1    a lock is free (a lock path that does not exist is free)
-  125  error: no server, bad path, ...
-
-Examples:
-  zklock status /locks/nightly-report
-  zklock status --json /locks/deploy/prod | jq '.locks[0].holder.host'
-  zklock status --recursive /locks
-  zklock status -q /locks/etl && echo 'ETL is running'
-  zklock status --watch /locks/deploy/prod";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -88,15 +177,15 @@ pub struct StatusArgs {
     pub connect: ConnectArgs,
 
     /// Print a versioned JSON document instead of a table
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub json: bool,
 
     /// List every lock below the path, one line each
-    #[arg(short, long, conflicts_with = "watch")]
+    #[arg(short, long, conflicts_with = "watch", help_heading = "Output")]
     pub recursive: bool,
 
     /// Keep running and print a line each time a holder or queue changes, until interrupted
-    #[arg(long, conflicts_with = "json")]
+    #[arg(long, conflicts_with = "json", help_heading = "Output")]
     pub watch: bool,
 }
 
@@ -105,7 +194,14 @@ pub struct StatusArgs {
 #[command(next_help_heading = "Connection")]
 pub struct ConnectArgs {
     /// ZooKeeper connect string: host:port[,host:port...][/chroot]
-    #[arg(short = 'z', long = "zk", env = "ZKLOCK_ZK", default_value = "127.0.0.1:2181", value_name = "CONNECT")]
+    #[arg(
+        short = 'z',
+        long = "zk",
+        env = "ZKLOCK_ZK",
+        hide_env_values = true,
+        default_value = "127.0.0.1:2181",
+        value_name = "CONNECT"
+    )]
     pub zk: String,
 
     /// Requested session timeout; the server may negotiate another, which is what counts
@@ -159,7 +255,7 @@ pub struct RunArgs {
     pub kill_signal: Signal,
 
     /// Free text stored with the lock node, shown by `zklock status`
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", help_heading = "Lock node")]
     pub label: Option<String>,
 }
 

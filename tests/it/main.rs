@@ -1,3 +1,4 @@
+mod docs;
 mod harness_smoke;
 mod run;
 mod status;

@@ -1,0 +1,61 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_zklock_global_optspecs
+    string join \n v/verbose q/quiet h/help V/version
+end
+
+function __fish_zklock_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_zklock_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_zklock_using_subcommand
+    set -l cmd (__fish_zklock_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c zklock -n "__fish_zklock_needs_command" -s v -l verbose -d 'More messages on stderr (-v: lifecycle, -vv: debug)'
+complete -c zklock -n "__fish_zklock_needs_command" -s q -l quiet -d 'Only errors on stderr (status: print nothing, only set the exit status)'
+complete -c zklock -n "__fish_zklock_needs_command" -s h -l help -d 'Print help'
+complete -c zklock -n "__fish_zklock_needs_command" -s V -l version -d 'Print version'
+complete -c zklock -n "__fish_zklock_needs_command" -f -a "run" -d 'Acquire a lock, run a command while holding it, release it'
+complete -c zklock -n "__fish_zklock_needs_command" -f -a "status" -d 'Show who holds a lock and who waits, for people (a table) and scripts (--json, status)'
+complete -c zklock -n "__fish_zklock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s z -l zk -d 'ZooKeeper connect string: host:port[,host:port...][/chroot]' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l session-timeout -d 'Requested session timeout; the server may negotiate another, which is what counts' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l connect-timeout -d 'Give up if no server answers within this long' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l server-tick -d 'The servers\' tickTime, used in the safety budget' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s w -l wait -d 'Give up waiting for the lock after this long (default: wait forever)' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit status when --no-wait or --wait gives up' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l disconnect-threshold -d 'Time without a leader-confirmed heartbeat before the stop signal [default: derived from the safety budget]' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l grace -d 'Time between the stop signal and SIGKILL [default: 30% of the budget, at most 5s]' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l kill-signal -d 'Signal that stops the command when the lock is lost: TERM, SIGTERM or 15' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l label -d 'Free text stored with the lock node, shown by `zklock status`' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s n -l no-wait -d 'Give up at once if the lock is held'
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s v -l verbose -d 'More messages on stderr (-v: lifecycle, -vv: debug)'
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s q -l quiet -d 'Only errors on stderr (status: print nothing, only set the exit status)'
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s h -l help -d 'Print help'
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s V -l version -d 'Print version'
+complete -c zklock -n "__fish_zklock_using_subcommand status" -s z -l zk -d 'ZooKeeper connect string: host:port[,host:port...][/chroot]' -r
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l session-timeout -d 'Requested session timeout; the server may negotiate another, which is what counts' -r
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l connect-timeout -d 'Give up if no server answers within this long' -r
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l json -d 'Print a versioned JSON document instead of a table'
+complete -c zklock -n "__fish_zklock_using_subcommand status" -s r -l recursive -d 'List every lock below the path, one line each'
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l watch -d 'Keep running and print a line each time a holder or queue changes, until interrupted'
+complete -c zklock -n "__fish_zklock_using_subcommand status" -s v -l verbose -d 'More messages on stderr (-v: lifecycle, -vv: debug)'
+complete -c zklock -n "__fish_zklock_using_subcommand status" -s q -l quiet -d 'Only errors on stderr (status: print nothing, only set the exit status)'
+complete -c zklock -n "__fish_zklock_using_subcommand status" -s h -l help -d 'Print help'
+complete -c zklock -n "__fish_zklock_using_subcommand status" -s V -l version -d 'Print version'
+complete -c zklock -n "__fish_zklock_using_subcommand help; and not __fish_seen_subcommand_from run status help" -f -a "run" -d 'Acquire a lock, run a command while holding it, release it'
+complete -c zklock -n "__fish_zklock_using_subcommand help; and not __fish_seen_subcommand_from run status help" -f -a "status" -d 'Show who holds a lock and who waits, for people (a table) and scripts (--json, status)'
+complete -c zklock -n "__fish_zklock_using_subcommand help; and not __fish_seen_subcommand_from run status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
