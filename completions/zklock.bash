@@ -111,7 +111,7 @@ _zklock() {
             return 0
             ;;
         zklock__subcmd__run)
-            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --kill-signal --label --verbose --quiet --help --version"
+            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --kill-signal --min-hold --label --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -162,6 +162,10 @@ _zklock() {
                     return 0
                     ;;
                 --kill-signal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --min-hold)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

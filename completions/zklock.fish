@@ -40,6 +40,7 @@ complete -c zklock -n "__fish_zklock_using_subcommand run" -s E -l conflict-exit
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l disconnect-threshold -d 'Time without a leader-confirmed heartbeat before the stop signal [default: derived from the safety budget]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l grace -d 'Time between the stop signal and SIGKILL [default: 30% of the budget, at most 5s]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l kill-signal -d 'Signal that stops the command when the lock is lost: TERM, SIGTERM or 15' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l min-hold -d 'Keep holding the lock until this long after acquiring it, even if the command ends sooner' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l label -d 'Free text stored with the lock node, shown by `zklock status`' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s n -l no-wait -d 'Give up at once if the lock is held'
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s v -l verbose -d 'More messages on stderr (-v: lifecycle, -vv: debug)'

@@ -254,6 +254,10 @@ pub struct RunArgs {
     #[arg(long, default_value = "TERM", value_parser = parse_signal, value_name = "SIGNAL", help_heading = "Safety")]
     pub kill_signal: Signal,
 
+    /// Keep holding the lock until this long after acquiring it, even if the command ends sooner
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Lock node")]
+    pub min_hold: Option<Duration>,
+
     /// Free text stored with the lock node, shown by `zklock status`
     #[arg(long, value_name = "TEXT", help_heading = "Lock node")]
     pub label: Option<String>,

@@ -260,7 +260,8 @@ async fn hold(
     }
     let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
     let watchdog = crate::session::Watchdog::new(&budget, t_ok);
-    let Outcome { status, loss } = Supervisor {
+    let acquired = tokio::time::Instant::now();
+    let Outcome { status, loss, straggler_grace } = Supervisor {
         child: &mut child,
         monitor: &mut monitor,
         signals,
@@ -273,7 +274,15 @@ async fn hold(
 
     // Release order: the command and its whole group gone -> our node deleted -> session
     // closed (by the caller).
-    child.drain(args.kill_signal, budget.grace).await;
+    child.drain(args.kill_signal, straggler_grace).await;
+    if let (Some(min), None) = (args.min_hold, loss) {
+        // Keep the lock a while after a fast command, so that contenders started a little
+        // later (cron on hosts with skewed clocks) find it held and skip with -n.
+        tokio::select! {
+            () = tokio::time::sleep_until(acquired + min) => {}
+            sig = signals.recv_terminating() => debug!("got {sig}; releasing before --min-hold"),
+        }
+    }
     monitor.stop().await;
     abandon(&recipe, Some(&node)).await;
 

@@ -91,6 +91,12 @@ impl Watchdog {
         self.loss
     }
 
+    /// How long, from `now`, processes left behind by the command may get after a stop signal:
+    /// the grace, but never past the deadline's SIGKILL time.
+    pub fn straggler_grace(&self, now: Duration) -> Duration {
+        self.grace.min((self.t_ok + self.kill_after).saturating_sub(now))
+    }
+
     /// A heartbeat sent at `sent` was confirmed by the leader.
     pub fn confirmed(&mut self, sent: Duration) {
         if self.stage == Stage::Holding && sent > self.t_ok {
@@ -345,6 +351,14 @@ mod tests {
         assert_eq!(w.poll(ms(60_000)), None);
         assert_eq!(w.next_wake(), None);
         assert_eq!(w.loss(), Some(Loss::Deadline));
+    }
+
+    #[test]
+    fn stragglers_get_the_grace_but_not_past_the_deadline() {
+        let w = Watchdog::new(&budget(), ms(0));
+        assert_eq!(w.straggler_grace(ms(1_000)), ms(1_950));
+        assert_eq!(w.straggler_grace(ms(6_000)), ms(500));
+        assert_eq!(w.straggler_grace(ms(9_000)), ms(0));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Outcome {
     pub status: io::Result<ExitStatus>,
     /// Set when the lock was lost and zklock stopped the command.
     pub loss: Option<Loss>,
+    /// How long processes the command left in its group may get after a stop signal.
+    pub straggler_grace: Duration,
 }
 
 pub struct Supervisor<'a, C: Clock> {
@@ -54,7 +56,8 @@ impl<C: Clock> Supervisor<'_, C> {
             let nap = self.watchdog.next_wake().map_or(MAX_NAP, |w| w.saturating_sub(now).min(MAX_NAP));
             tokio::select! {
                 status = self.child.exited() => {
-                    return Outcome { status, loss: self.watchdog.loss() };
+                    let straggler_grace = self.watchdog.straggler_grace(self.clock.now());
+                    return Outcome { status, loss: self.watchdog.loss(), straggler_grace };
                 }
                 sig = self.signals.recv() => {
                     debug!("forwarding {sig} to the command's group");

@@ -493,3 +493,28 @@ fn server_frozen_for_a_second_is_survived() {
     assert!(!termed.exists(), "the command must not be stopped");
     zk.wait_children(lock, 0);
 }
+
+#[test]
+fn min_hold_keeps_the_lock_after_a_fast_command() {
+    let zk = shared();
+    let lock = unique_lock_path("minhold");
+    let dir = TempDir::new().unwrap();
+    let pidfile = dir.path().join("pid");
+    let mut holder = run_shared(
+        &lock,
+        &["--min-hold", "60s"],
+        &["sh", "-c", r#"echo $$ > "$1"; exit 4"#, "sh", pidfile.to_str().unwrap()],
+    )
+    .spawn()
+    .unwrap();
+    let command = read_pid(&pidfile);
+    support::wait_until(PATIENCE, "the command to finish", || !alive(command));
+    // The command is gone, the lock is still held: another host's -n skips.
+    let out = output(run_shared(&lock, &["-n"], &["echo", "never"]));
+    assert_eq!(code(out.status), 75, "{}", stderr(&out));
+    assert_eq!(zk.children(&lock).len(), 1);
+    // TERM ends the hold early; the command's own status is kept.
+    send(holder.id(), Signal::SIGTERM);
+    assert_eq!(code(wait_status(&mut holder)), 4);
+    assert!(zk.children(&lock).is_empty());
+}
