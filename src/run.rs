@@ -118,17 +118,37 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
     let mut signals = Signals::install().context("cannot install signal handlers")?;
     child::become_subreaper();
 
-    let client = tokio::select! {
-        r = connect(&args.connect) => r?,
-        sig = signals.recv_terminating() => {
-            info!("got {sig} while connecting; giving up");
-            return Ok(exit::from_signal(sig as i32));
+    // --wait counts from the first attempt, across re-queues after a session expiry.
+    let wait_deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
+    loop {
+        let client = tokio::select! {
+            r = connect(&args.connect) => r?,
+            sig = signals.recv_terminating() => {
+                info!("got {sig} while connecting; giving up");
+                return Ok(exit::from_signal(sig as i32));
+            }
+        };
+        let result = hold(&client, &args, &mut signals, wait_deadline, started_at, t0).await;
+        close(client).await;
+        match result {
+            Err(e) if e.is::<ExpiredWhileWaiting>() => {
+                warn!(
+                    "the ZooKeeper session expired while waiting for {}; queueing again with a new session",
+                    args.lock
+                );
+                // Never spin if sessions keep expiring at once.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
         }
-    };
-    let result = hold(&client, &args, &mut signals, started_at, t0).await;
-    close(client).await;
-    result
+    }
 }
+
+/// The session expired before the lock was acquired: nothing was run, nothing is left; the
+/// caller may queue again with a new session.
+#[derive(Debug, thiserror::Error)]
+#[error("the ZooKeeper session expired while waiting for the lock")]
+struct ExpiredWhileWaiting;
 
 /// Deletes whatever node this attempt created (found by our uuid if the create was cut short).
 async fn abandon<C: Clock>(recipe: &Recipe<'_, C>, created: Option<&OurNode>) {
@@ -142,6 +162,7 @@ async fn hold(
     client: &Client,
     args: &RunArgs,
     signals: &mut Signals,
+    wait_deadline: Option<tokio::time::Instant>,
     started_at: SystemTime,
     t0: Instant,
 ) -> Result<u8> {
@@ -160,7 +181,6 @@ async fn hold(
     let data = doc.to_bytes();
     let recipe = Recipe::new(client, &args.lock, clock);
     let mut created: Option<OurNode> = None;
-    let wait_deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
 
     let end = {
         let acquire = async {
@@ -196,9 +216,12 @@ async fn hold(
                     );
                     Ok(args.conflict_exit_code)
                 }
+                WaitEnd::SessionEnded(SessionState::Expired) => Err(ExpiredWhileWaiting.into()),
                 WaitEnd::SessionEnded(state) => {
                     Err(anyhow!("the ZooKeeper session ended while waiting for {} ({state})", args.lock))
                 }
+                // A request that failed because the session expired is the same event.
+                WaitEnd::Done(Err(_)) if client.state() == SessionState::Expired => Err(ExpiredWhileWaiting.into()),
                 WaitEnd::Done(Err(e)) => Err(e),
                 WaitEnd::Done(Ok(Acquired::Yes { .. })) => unreachable!("handled above"),
             };
@@ -216,6 +239,9 @@ async fn hold(
         .await;
         if let Err(e) = confirmed {
             abandon(&recipe, Some(&node)).await;
+            if client.state() == SessionState::Expired {
+                return Err(ExpiredWhileWaiting.into());
+            }
             bail!("lost the lock before the command could start: {e}");
         }
         sent

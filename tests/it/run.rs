@@ -518,3 +518,50 @@ fn min_hold_keeps_the_lock_after_a_fast_command() {
     assert_eq!(code(wait_status(&mut holder)), 4);
     assert!(zk.children(&lock).is_empty());
 }
+
+#[test]
+fn a_waiter_whose_session_expires_queues_again_and_runs_after_the_stopped_holder() {
+    let (server, zk) = dedicated();
+    let lock = "/requeue";
+    let dir = TempDir::new().unwrap();
+    let marks = dir.path().join("marks");
+    let ready = dir.path().join("ready");
+    // The holder records its stop; the waiter records its start.
+    let holder_script =
+        r#"trap 'echo "holder stopped" >> "$2"; exit 0' TERM; echo $$ > "$1"; while :; do sleep 0.02; done"#;
+    let mut holder = run_cmd(
+        &server.connect_string(),
+        server.tick(),
+        lock,
+        &["--session-timeout", "2s"],
+        &["sh", "-c", holder_script, "sh", ready.to_str().unwrap(), marks.to_str().unwrap()],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    read_pid(&ready);
+    let waiter = run_cmd(
+        &server.connect_string(),
+        server.tick(),
+        lock,
+        &["--session-timeout", "2s", "-w", "60s"],
+        &["sh", "-c", r#"echo "waiter ran" >> "$1""#, "sh", marks.to_str().unwrap()],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    zk.wait_children(lock, 2);
+    drop(zk);
+    // Frozen well past 1.4 x T: both sessions end; the holder is stopped at its deadline.
+    server.freeze();
+    wait_for_file_line(&marks, "holder stopped", PATIENCE);
+    std::thread::sleep(Duration::from_secs(4)); // the outage's length, not a readiness wait
+    server.thaw();
+    assert_eq!(code(wait_status(&mut holder)), 124);
+    let out = wait_output(waiter);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("queueing again with a new session"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "holder stopped\nwaiter ran\n");
+    let zk = Zk::connect(&server.connect_string());
+    zk.wait_children(lock, 0);
+}
