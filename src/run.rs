@@ -249,12 +249,17 @@ async fn hold(
         node.create_sent
     };
 
-    // Record when a waiter acquired, for `zklock status`. The request is sent now; its reply
-    // is awaited once the command runs, so it adds nothing to the handoff.
-    let mark_acquired = waited.then(|| {
+    // Record when a waiter acquired, for `zklock status`. Informational only: its reply is
+    // awaited on a task of its own, so that neither the handoff nor supervision waits for it.
+    if waited {
         doc.acquired_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
-        client.set_data(&node.path, &doc.to_bytes(), None)
-    });
+        let marked = client.set_data(&node.path, &doc.to_bytes(), None);
+        tokio::spawn(async move {
+            if let Err(e) = marked.await {
+                debug!("cannot record the acquisition time in the lock node: {e}");
+            }
+        });
+    }
 
     let env = [
         ("ZKLOCK_LOCK", args.lock.clone()),
@@ -279,11 +284,6 @@ async fn hold(
         child.pid()
     );
 
-    if let Some(marked) = mark_acquired {
-        if let Err(e) = marked.await {
-            debug!("cannot record the acquisition time in the lock node: {e}");
-        }
-    }
     let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
     let watchdog = crate::session::Watchdog::new(&budget, t_ok);
     let acquired = tokio::time::Instant::now();
