@@ -4,3 +4,5 @@ mod run;
 mod status;
 mod support;
 mod util;
+mod faults;
+mod random;

@@ -5,6 +5,7 @@
 //! Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod proxy;
 mod spawner;
 mod zk;
 
