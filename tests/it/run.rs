@@ -565,3 +565,19 @@ fn a_waiter_whose_session_expires_queues_again_and_runs_after_the_stopped_holder
     let zk = Zk::connect(&server.connect_string());
     zk.wait_children(lock, 0);
 }
+
+#[test]
+fn lock_directories_are_containers_the_server_reaps_once_empty() {
+    // The server hides the container flag from clients; what shows it is the reaping.
+    let server = ZkServer::start_with(ZkOptions {
+        jvm_args: vec!["-Dznode.container.checkIntervalMs=100".into()],
+        ..ZkOptions::default()
+    });
+    let zk = Zk::connect(&server.connect_string());
+    zk.mkdir("/plain");
+    let out = output(run_cmd(&server.connect_string(), server.tick(), "/fleet/cron/report", &[], &["true"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Both parents zklock created go away; a persistent node made by someone else stays.
+    support::wait_until(PATIENCE, "the empty lock directories to be reaped", || zk.data("/fleet").is_none());
+    assert!(zk.data("/plain").is_some());
+}

@@ -68,11 +68,19 @@ pub struct ZkOptions {
     pub max_session_timeout_ms: Option<u32>,
     /// Extra raw `key=value` lines appended to `zoo.cfg`.
     pub extra_config: Vec<String>,
+    /// Extra JVM arguments, e.g. `-Dznode.container.checkIntervalMs=100`.
+    pub jvm_args: Vec<String>,
 }
 
 impl Default for ZkOptions {
     fn default() -> Self {
-        ZkOptions { tick_ms: 500, min_session_timeout_ms: None, max_session_timeout_ms: None, extra_config: Vec::new() }
+        ZkOptions {
+            tick_ms: 500,
+            min_session_timeout_ms: None,
+            max_session_timeout_ms: None,
+            extra_config: Vec::new(),
+            jvm_args: Vec::new(),
+        }
     }
 }
 
@@ -100,6 +108,7 @@ enum Readiness {
 pub struct ZkServer {
     dir: TempDir,
     port: u16,
+    jvm_args: Vec<String>,
     tick: Duration,
     pid: u32,
     child: Mutex<Option<Child>>,
@@ -276,7 +285,14 @@ impl ZkServer {
             let _ = writeln!(cfg, "{line}");
         }
         std::fs::write(dir.path().join("zoo.cfg"), cfg).expect("write zoo.cfg");
-        ZkServer { dir, port, tick: Duration::from_millis(opts.tick_ms.into()), pid: 0, child: Mutex::new(None) }
+        ZkServer {
+            dir,
+            port,
+            tick: Duration::from_millis(opts.tick_ms.into()),
+            jvm_args: opts.jvm_args.clone(),
+            pid: 0,
+            child: Mutex::new(None),
+        }
     }
 
     /// Spawns the JVM (from the PDEATHSIG spawner thread).
@@ -292,11 +308,12 @@ impl ZkServer {
             "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
             "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
-            "-cp",
         ]
         .iter()
         .map(OsString::from)
         .collect();
+        args.extend(self.jvm_args.iter().map(OsString::from));
+        args.push("-cp".into());
         args.push(classpath().into());
         args.push("org.apache.zookeeper.server.quorum.QuorumPeerMain".into());
         args.push(cfg.into_os_string());
