@@ -4,5 +4,3 @@ mod run;
 mod status;
 mod support;
 mod util;
-mod faults;
-mod random;
