@@ -199,7 +199,15 @@ pub async fn wait_connected(client: &Client) -> Result<(), zookeeper_client::Err
     }
 }
 
-/// Runs `op`, and again after each ConnectionLoss once the session is connected again.
+/// Whether a request failed because its connection broke rather than because the server said
+/// no: zookeeper-client fails the requests in flight with ConnectionLoss on a clean close, but
+/// with a custom error on a silent partition ("no response from connection") or a reset, and
+/// with Timeout when it gives up reconnecting.
+pub fn is_connection_failure(e: &zookeeper_client::Error) -> bool {
+    matches!(e, zookeeper_client::Error::ConnectionLoss | zookeeper_client::Error::Custom(_))
+}
+
+/// Runs `op`, and again after each connection failure once the session is connected again.
 pub async fn retry<T, F, Fut>(client: &Client, mut op: F) -> Result<T, zookeeper_client::Error>
 where
     F: FnMut() -> Fut,
@@ -207,7 +215,7 @@ where
 {
     loop {
         match op().await {
-            Err(zookeeper_client::Error::ConnectionLoss) => {
+            Err(e) if is_connection_failure(&e) => {
                 debug!("connection lost during a request; retrying once reconnected");
                 wait_connected(client).await?;
                 // The state flips before pending requests fail; a short pause avoids spinning
@@ -237,8 +245,11 @@ impl<'a, C: Clock> Recipe<'a, C> {
     pub async fn create(&self, data: &[u8]) -> Result<OurNode> {
         let prefix = self.prefix();
         let mut last_err = None;
+        // A node found after a lost reply may come from any earlier attempt: credit the
+        // earliest send time, never a later one.
+        let first_sent = self.clock.now();
         for _ in 0..CREATE_ATTEMPTS {
-            let sent = self.clock.now();
+            let sent = first_sent;
             match self.client.create(&prefix, data, &ephemeral_sequential()).await {
                 Ok((stat, seq)) => {
                     let path = format!("{prefix}{seq}");
@@ -257,13 +268,13 @@ impl<'a, C: Clock> Recipe<'a, C> {
                     }
                     last_err = Some(zookeeper_client::Error::NoNode);
                 }
-                Err(zookeeper_client::Error::ConnectionLoss) => {
-                    warn!("connection lost while creating the lock node; looking for it after reconnecting");
+                Err(e) if is_connection_failure(&e) => {
+                    warn!("connection lost while creating the lock node ({e}); looking for it after reconnecting");
                     wait_connected(self.client).await.context("while recovering the lock node")?;
                     if let Some(node) = self.find_ours(sent).await? {
                         return Ok(node);
                     }
-                    last_err = Some(zookeeper_client::Error::ConnectionLoss);
+                    last_err = Some(e);
                 }
                 Err(zookeeper_client::Error::NoChildrenForEphemerals) => {
                     bail!("cannot lock {}: it is an ephemeral node, which cannot have children", self.lock)

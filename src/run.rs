@@ -31,11 +31,10 @@ pub async fn connect(args: &ConnectArgs) -> Result<Client> {
     loop {
         match tokio::time::timeout_at(deadline, connector.clone().connect(&args.zk)).await {
             Ok(Ok(client)) => return Ok(client),
-            Ok(Err(
-                e @ (zookeeper_client::Error::NoHosts
-                | zookeeper_client::Error::Timeout
-                | zookeeper_client::Error::ConnectionLoss),
-            )) => {
+            Ok(Err(e))
+                if matches!(e, zookeeper_client::Error::NoHosts | zookeeper_client::Error::Timeout)
+                    || lock::is_connection_failure(&e) =>
+            {
                 debug!("connect attempt failed: {e}");
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -229,9 +228,15 @@ async fn hold(
     };
     let node = created.clone().expect("an acquired lock has a node");
 
-    // t_ok: the create was validated by the leader after it was sent. After a wait, confirm
-    // again through the leader before starting the command.
-    let t_ok = if waited {
+    // t_ok: the create was validated by the leader after it was sent. If that is not recent
+    // (we waited, or a reconnect delayed the listing), confirm through the leader again before
+    // starting the command: it must never start with its deadline already close.
+    let mut t_ok = if waited { None } else { Some(node.create_sent) };
+    let t_ok = loop {
+        match t_ok {
+            Some(t) if clock.now() < t + budget.threshold / 2 => break t,
+            _ => {}
+        }
         let sent = clock.now();
         let confirmed = lock::retry(client, || async {
             client.new_check_writer(&node.path, None)?.commit().await.map_err(zookeeper_client::Error::from)
@@ -244,9 +249,7 @@ async fn hold(
             }
             bail!("lost the lock before the command could start: {e}");
         }
-        sent
-    } else {
-        node.create_sent
+        t_ok = Some(sent);
     };
 
     // Record when a waiter acquired, for `zklock status`. Informational only: its reply is

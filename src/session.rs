@@ -188,7 +188,8 @@ impl Monitor {
 const MAX_IN_FLIGHT: usize = 8;
 
 /// Every `period`, a check-only multi on our own node: the leader validates the session and the
-/// node's existence. Heartbeats are pipelined; each reports its own send time.
+/// node's existence. Heartbeats are pipelined; each reports its own send time. The ones in
+/// flight live inside this task, so stopping it drops them (and their hold on the session).
 async fn heartbeats<C: Clock>(
     client: Client,
     path: String,
@@ -196,42 +197,44 @@ async fn heartbeats<C: Clock>(
     clock: C,
     tx: mpsc::UnboundedSender<Event>,
 ) {
+    use futures::stream::{FuturesUnordered, StreamExt};
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        interval.tick().await;
-        if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= MAX_IN_FLIGHT {
-            debug!("heartbeat skipped: {MAX_IN_FLIGHT} still in flight");
-            continue;
+        tokio::select! {
+            _ = interval.tick() => {
+                if in_flight.len() >= MAX_IN_FLIGHT {
+                    debug!("heartbeat skipped: {MAX_IN_FLIGHT} still in flight");
+                    continue;
+                }
+                // Taken before the request is sent: a confirmation never credits a later time.
+                let sent = clock.now();
+                match client.new_check_writer(&path, None) {
+                    Ok(writer) => {
+                        let commit = writer.commit();
+                        in_flight.push(async move { (sent, commit.await) });
+                    }
+                    Err(e) => warn!("cannot build heartbeat: {e}"),
+                }
+            }
+            Some((sent, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                let event = match result {
+                    Ok(_) => Event::Confirmed(sent),
+                    Err(CheckWriteError::CheckFailed { source: zookeeper_client::Error::NoNode }) => {
+                        Event::Lost(Loss::NodeDeleted)
+                    }
+                    Err(CheckWriteError::RequestFailed { source: zookeeper_client::Error::SessionExpired }) => {
+                        Event::Lost(Loss::Expired)
+                    }
+                    Err(e) => {
+                        debug!("heartbeat not confirmed: {e}");
+                        continue;
+                    }
+                };
+                let _ = tx.send(event);
+            }
         }
-        let sent = clock.now();
-        let client = client.clone();
-        let path = path.clone();
-        let tx = tx.clone();
-        let in_flight = in_flight.clone();
-        in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::spawn(async move {
-            let result = match client.new_check_writer(&path, None) {
-                Ok(writer) => writer.commit().await,
-                Err(e) => Err(CheckWriteError::RequestFailed { source: e }),
-            };
-            in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            let event = match result {
-                Ok(_) => Event::Confirmed(sent),
-                Err(CheckWriteError::CheckFailed { source: zookeeper_client::Error::NoNode }) => {
-                    Event::Lost(Loss::NodeDeleted)
-                }
-                Err(CheckWriteError::RequestFailed { source: zookeeper_client::Error::SessionExpired }) => {
-                    Event::Lost(Loss::Expired)
-                }
-                Err(e) => {
-                    debug!("heartbeat not confirmed: {e}");
-                    return;
-                }
-            };
-            let _ = tx.send(event);
-        });
     }
 }
 
