@@ -19,6 +19,13 @@ pub const NOT_FOUND: u8 = 127;
 /// Added to a signal number when the command (or zklock while waiting) died of that signal.
 pub const SIGNAL_BASE: u8 = 128;
 
+/// Writes one line to stderr, never panicking (unlike `eprintln!`): a closed or broken stderr
+/// must not turn an exit status into a panic.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The status zklock exits with when the command ended by itself (not stopped by zklock's
 /// safety stop): its exit code, or 128+N when it died of signal N.
 pub fn from_child(status: ExitStatus) -> u8 {

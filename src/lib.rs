@@ -5,6 +5,7 @@ pub mod child;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod deadline;
 pub mod exit;
 pub mod lock;
 mod logging;
@@ -20,11 +21,11 @@ use std::time::{Instant, SystemTime};
 /// Runs a parsed command line and returns the process exit status. Never exits the process
 /// itself, so that every path releases what it took.
 pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
-    logging::init(cli.verbose, cli.quiet);
+    let log = logging::init(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("zklock: error: cannot start the async runtime: {e}");
+            crate::exit::say(format_args!("zklock: error: cannot start the async runtime: {e}"));
             return exit::FAILURE;
         }
     };
@@ -35,10 +36,13 @@ pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
             cli::Command::Status(args) => status::status(args, quiet).await,
         }
     });
+    // Flush what was logged before the final line, so that stderr reads in order.
+    drop(runtime);
+    drop(log);
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("zklock: error: {e:#}");
+            crate::exit::say(format_args!("zklock: error: {e:#}"));
             exit::FAILURE
         }
     }

@@ -35,7 +35,12 @@ where
     }
 }
 
-pub fn init(verbose: u8, quiet: bool) {
+/// Sets up logging; keep the returned guard until exit, so that pending lines are written.
+///
+/// Lines go to stderr through a lossy, non-blocking writer thread: a stderr nobody reads (a
+/// full pipe) must never stall zklock, whose single runtime thread also runs the session and
+/// the watchdog.
+pub fn init(verbose: u8, quiet: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let (ours, theirs) = match (quiet, verbose) {
         (true, _) => (LevelFilter::ERROR, LevelFilter::OFF),
         (false, 0) => (LevelFilter::WARN, LevelFilter::ERROR),
@@ -47,6 +52,11 @@ pub fn init(verbose: u8, quiet: bool) {
         .ok()
         .and_then(|s| s.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_target("zklock", ours).with_default(theirs));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).event_format(Prefixed);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("zklock-log")
+        .finish(std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer).event_format(Prefixed);
     tracing_subscriber::registry().with(layer.with_filter(filter)).init();
+    guard
 }

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // Usage errors are zklock failures, reported on one line like every other.
-            eprintln!("zklock: {}; see 'zklock --help'", zklock::cli::one_line(&e));
+            zklock::exit::say(format_args!("zklock: {}; see 'zklock --help'", zklock::cli::one_line(&e)));
             return ExitCode::from(zklock::exit::FAILURE);
         }
     };

@@ -13,10 +13,11 @@ use crate::child::{self, Child};
 use crate::cli::{ConnectArgs, RunArgs};
 use crate::clock::{BootClock, Clock};
 use crate::config::{Budget, BudgetRequest};
+use crate::deadline::Enforcer;
 use crate::exit;
 use crate::lock::{self, Acquired, OurNode, Recipe};
 use crate::nodedata::NodeData;
-use crate::session::Monitor;
+use crate::session::{Monitor, Watchdog};
 use crate::signals::Signals;
 use crate::supervise::{Outcome, Supervisor};
 
@@ -111,7 +112,7 @@ async fn session_ended(client: &Client) -> SessionState {
 pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u8> {
     lock::validate_lock_path(&args.lock)?;
     if let Err((code, msg)) = precheck_command(&args.command[0]) {
-        eprintln!("zklock: error: {msg}");
+        crate::exit::say(format_args!("zklock: error: {msg}"));
         return Ok(code);
     }
     let mut signals = Signals::install().context("cannot install signal handlers")?;
@@ -273,7 +274,8 @@ async fn hold(
     let mut child: Child = match child::spawn(&args.command, &env) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("zklock: error: cannot run '{}': {e}", args.command[0].to_string_lossy());
+            // Through the non-blocking log: the lock is still held here.
+            tracing::error!("cannot run '{}': {e}", args.command[0].to_string_lossy());
             abandon(&recipe, Some(&node)).await;
             return Ok(exit::from_spawn_error(&e));
         }
@@ -287,23 +289,20 @@ async fn hold(
         child.pid()
     );
 
+    let enforcer = Enforcer::start(Watchdog::new(&budget, t_ok), child.pgid(), args.kill_signal, clock);
+    let guard = child.guard().map_err(|e| warn!("cannot start the guard process: {e}")).ok();
     let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
-    let watchdog = crate::session::Watchdog::new(&budget, t_ok);
     let acquired = tokio::time::Instant::now();
-    let Outcome { status, loss, straggler_grace } = Supervisor {
-        child: &mut child,
-        monitor: &mut monitor,
-        signals,
-        watchdog,
-        stop_signal: args.kill_signal,
-        clock,
-    }
-    .run()
-    .await;
+    let Outcome { status, loss, straggler_grace } =
+        Supervisor { child: &mut child, monitor: &mut monitor, signals, enforcer: &enforcer, clock }.run().await;
 
     // Release order: the command and its whole group gone -> our node deleted -> session
-    // closed (by the caller).
+    // closed (by the caller). The enforcer keeps the deadline while stragglers are stopped.
     child.drain(args.kill_signal, straggler_grace).await;
+    enforcer.finish();
+    if let Some(guard) = guard {
+        guard.disarm();
+    }
     if let (Some(min), None) = (args.min_hold, loss) {
         // Keep the lock a while after a fast command, so that contenders started a little
         // later (cron on hosts with skewed clocks) find it held and skip with -n.
@@ -317,7 +316,10 @@ async fn hold(
 
     let code = match (loss, status) {
         (Some(why), _) => {
-            eprintln!("zklock: error: lost {} while the command ran ({why}); the command was stopped", args.lock);
+            crate::exit::say(format_args!(
+                "zklock: error: lost {} while the command ran ({why}); the command was stopped",
+                args.lock
+            ));
             exit::LOCK_LOST
         }
         (None, Ok(status)) => exit::from_child(status),

@@ -433,7 +433,8 @@ async fn watch(client: &Client, paths: &[String], quiet: bool) -> Result<u8> {
         let (client, path) = (client.clone(), path.clone());
         tasks.spawn(async move { watch_one(&client, &path, quiet).await });
     }
-    while let Some(r) = tasks.join_next().await {
+    // A watch ends only on an error or when stdout is closed; either ends them all.
+    if let Some(r) = tasks.join_next().await {
         r.context("watch task failed")??;
     }
     Ok(HELD)
@@ -453,7 +454,13 @@ async fn watch_one(client: &Client, path: &str, quiet: bool) -> Result<()> {
         let key = (report.exists, report.holder.iter().chain(&report.waiters).map(|c| c.node.clone()).collect());
         if last.as_ref() != Some(&key) {
             if !quiet {
-                println!("{} {}", rfc3339(SystemTime::now()), summary_line(&report));
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let line = format!("{} {}\n", rfc3339(SystemTime::now()), summary_line(&report));
+                if out.write_all(line.as_bytes()).and_then(|()| out.flush()).is_err() {
+                    // Nobody reads any more (`| head -n 3`): the watch is over.
+                    return Ok(());
+                }
             }
             last = Some(key);
         }

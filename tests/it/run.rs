@@ -581,3 +581,127 @@ fn lock_directories_are_containers_the_server_reaps_once_empty() {
     support::wait_until(PATIENCE, "the empty lock directories to be reaped", || zk.data("/fleet").is_none());
     assert!(zk.data("/plain").is_some());
 }
+
+#[test]
+fn kill_9_of_zklock_kills_the_whole_group_not_only_the_leader() {
+    let zk = shared();
+    let lock = unique_lock_path("kill9group");
+    let dir = TempDir::new().unwrap();
+    let pids = dir.path().join("pids");
+    // A pipeline: the leader's children get no PDEATHSIG of their own.
+    let script = r#"sleep 300 | cat & echo "$! $$" > "$1.tmp"; mv "$1.tmp" "$1"; wait"#;
+    let mut zklock = run_shared(&lock, &[], &["sh", "-c", script, "sh", pids.to_str().unwrap()]).spawn().unwrap();
+    let text = wait_for_file_line(&pids, " ", PATIENCE);
+    let members: Vec<i32> = text.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert!(members.iter().all(|&p| alive(p)));
+    send(zklock.id(), Signal::SIGKILL);
+    let _ = zklock.wait();
+    support::wait_until(PATIENCE, "every process of the group to die with zklock", || {
+        members.iter().all(|&p| !alive(p))
+    });
+    // The session still holds the node until it expires; it is not ours to wait for here.
+    zk.wait_children(&lock, 0);
+}
+
+#[test]
+fn a_closed_stderr_does_not_change_the_exit_status() {
+    let lock = unique_lock_path("stderrclosed");
+    // zklock's stderr is a pipe whose reader is gone: the "lost" and final lines fail to write.
+    let mut cmd = run_shared(&lock, &["-n", "--kill-signal", "NOPE"], &["true"]);
+    cmd.stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stderr.take());
+    assert_eq!(code(wait_status(&mut child)), 125, "a usage error is still 125, not a panic");
+    let mut cmd = run_shared(&lock, &[], &["sh", "-c", "exit 3"]);
+    cmd.stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stderr.take());
+    assert_eq!(code(wait_status(&mut child)), 3);
+}
+
+#[test]
+fn a_blocked_stderr_does_not_delay_the_stop_signal() {
+    let (server, _zk) = dedicated();
+    let dir = TempDir::new().unwrap();
+    let ready = dir.path().join("ready");
+    let termed = dir.path().join("termed");
+    // The command fills zklock's stderr pipe (nobody reads it) before saying it is ready.
+    // (It then stops using that stderr itself, or it would block on it as zklock's log does.)
+    let script = r#"trap 'echo TERM > "$2"; exit 0' TERM
+        (head -c 200000 /dev/zero >&2 &)
+        exec 2>/dev/null
+        sleep 0.5; echo $$ > "$1"; while :; do sleep 0.02; done"#;
+    let mut zklock = run_cmd(
+        &server.connect_string(),
+        server.tick(),
+        "/stderr-blocked",
+        &["--session-timeout", "4s", "-v"],
+        &["sh", "-c", script, "sh", ready.to_str().unwrap(), termed.to_str().unwrap()],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    read_pid(&ready);
+    server.freeze();
+    // zklock's warnings cannot be written; the stop signal must come all the same.
+    wait_for_file_line(&termed, "TERM", PATIENCE);
+    server.thaw();
+    let mut stderr_pipe = zklock.stderr.take().unwrap();
+    let drain = std::thread::spawn(move || std::io::copy(&mut stderr_pipe, &mut std::io::sink()));
+    assert_eq!(code(wait_status(&mut zklock)), 124);
+    let _ = drain.join();
+}
+
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().next()?.chars().next()
+}
+
+#[test]
+fn ctrl_z_stops_the_command_with_zklock_and_fg_continues_both() {
+    let zk = shared();
+    let lock = unique_lock_path("ctrlz");
+    let dir = TempDir::new().unwrap();
+    let ready = dir.path().join("ready");
+    let go = dir.path().join("go");
+    let script = r#"echo $$ > "$1"; while [ ! -e "$2" ]; do sleep 0.02; done"#;
+    let mut zklock = run_shared(&lock, &[], &["sh", "-c", script, "sh", ready.to_str().unwrap(), go.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let command = read_pid(&ready);
+    send(zklock.id(), Signal::SIGTSTP);
+    support::wait_until(PATIENCE, "zklock and its command to be stopped", || {
+        proc_state(zklock.id() as i32) == Some('T') && proc_state(command) == Some('T')
+    });
+    send(zklock.id(), Signal::SIGCONT);
+    support::wait_until(PATIENCE, "both to run again", || {
+        proc_state(zklock.id() as i32) != Some('T') && proc_state(command) != Some('T')
+    });
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(code(wait_status(&mut zklock)), 0);
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
+fn stopped_past_the_deadline_the_command_is_killed_on_fg() {
+    let zk = shared();
+    let lock = unique_lock_path("ctrlzlong");
+    let dir = TempDir::new().unwrap();
+    let ready = dir.path().join("ready");
+    let script = r#"echo $$ > "$1"; while :; do sleep 0.02; done"#;
+    let mut zklock =
+        run_shared(&lock, &["--session-timeout", "2s"], &["sh", "-c", script, "sh", ready.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    let command = read_pid(&ready);
+    send(zklock.id(), Signal::SIGTSTP);
+    support::wait_until(PATIENCE, "the command to be stopped", || proc_state(command) == Some('T'));
+    // Stopped far past the 2 s session: its lock may be someone else's by now.
+    std::thread::sleep(Duration::from_secs(3)); // the stop's length, not a readiness wait
+    assert_eq!(proc_state(command), Some('T'), "the command stays stopped while zklock is");
+    send(zklock.id(), Signal::SIGCONT);
+    assert_eq!(code(wait_status(&mut zklock)), 124);
+    assert!(!alive(command));
+    zk.wait_children(&lock, 0);
+}

@@ -1,0 +1,213 @@
+//! The deadline enforcer: an OS thread of its own that sends the stop signal and SIGKILL when
+//! the watchdog says so, whatever the async runtime is doing (a stalled runtime — a blocked
+//! write, a slow system call — must not delay them).
+//!
+//! The thread and the supervisor's loop share one [`Watchdog`] under a mutex; whichever looks
+//! first performs a due action, and each action happens once. Signals are sent before anything
+//! is logged.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tracing::{error, warn};
+
+use crate::clock::Clock;
+use crate::session::{Action, Loss, Watchdog};
+
+/// Longest sleep between checks. The condvar sleeps on CLOCK_MONOTONIC, which stops while the
+/// host is suspended: waking at least this often bounds how late a deadline that passed during
+/// a suspend is noticed.
+const MAX_NAP: Duration = Duration::from_millis(250);
+
+struct State {
+    watchdog: Watchdog,
+    done: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    pgid: Pid,
+    stop_signal: Signal,
+}
+
+/// Handle on the enforcer; cheap to share with the supervisor.
+pub struct Enforcer {
+    shared: Arc<Shared>,
+}
+
+fn send(pgid: Pid, sig: Signal) {
+    match killpg(pgid, sig) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => warn!("cannot send {sig} to the command's group: {e}"),
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not stop the enforcement: take the state as it is.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Performs every action due at `now`; returns when the next one is due.
+    fn act(&self, state: &mut State, now: Duration) -> Option<Duration> {
+        if state.done {
+            return None;
+        }
+        while let Some(action) = state.watchdog.poll(now) {
+            match action {
+                Action::Stop(why) => {
+                    send(self.pgid, self.stop_signal);
+                    // A member stopped by SIGTTIN or SIGSTOP must run to handle the signal.
+                    send(self.pgid, Signal::SIGCONT);
+                    error!("lock lost: {why}; sent {} to the command", self.stop_signal);
+                }
+                Action::Kill => {
+                    send(self.pgid, Signal::SIGKILL);
+                    warn!("the command was still running: sent SIGKILL to its group");
+                }
+            }
+        }
+        state.watchdog.next_wake()
+    }
+}
+
+impl Enforcer {
+    /// Starts enforcing `watchdog` on the process group `pgid`. Should the thread not start,
+    /// the supervisor's loop still enforces the deadlines (with a warning).
+    pub fn start<C: Clock>(watchdog: Watchdog, pgid: Pid, stop_signal: Signal, clock: C) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { watchdog, done: false }),
+            wake: Condvar::new(),
+            pgid,
+            stop_signal,
+        });
+        let thread_shared = shared.clone();
+        let started = std::thread::Builder::new().name("zklock-deadline".into()).spawn(move || {
+            let shared = thread_shared;
+            let mut state = shared.lock();
+            loop {
+                if state.done {
+                    return;
+                }
+                let now = clock.now();
+                let nap = shared.act(&mut state, now).map_or(MAX_NAP, |at| at.saturating_sub(now).min(MAX_NAP));
+                state = match shared.wake.wait_timeout(state, nap) {
+                    Ok((state, _)) => state,
+                    Err(e) => e.into_inner().0,
+                };
+            }
+        });
+        if let Err(e) = started {
+            warn!("cannot start the deadline thread ({e}); deadlines are enforced by the main loop only");
+        }
+        Enforcer { shared }
+    }
+
+    /// Performs what is due at `now`; returns when the next action is due.
+    pub fn act(&self, now: Duration) -> Option<Duration> {
+        let mut state = self.shared.lock();
+        self.shared.act(&mut state, now)
+    }
+
+    /// A heartbeat sent at `sent` was confirmed by the leader.
+    pub fn confirmed(&self, sent: Duration) {
+        self.shared.lock().watchdog.confirmed(sent);
+    }
+
+    /// The lock is known to be lost: the stop signal goes out now.
+    pub fn lost(&self, now: Duration, why: Loss) {
+        let mut state = self.shared.lock();
+        state.watchdog.lost(now, why);
+        self.shared.act(&mut state, now);
+        self.shared.wake.notify_all();
+    }
+
+    /// Why the lock was lost, once it was.
+    pub fn loss(&self) -> Option<Loss> {
+        self.shared.lock().watchdog.loss()
+    }
+
+    /// See [`Watchdog::straggler_grace`].
+    pub fn straggler_grace(&self, now: Duration) -> Duration {
+        self.shared.lock().watchdog.straggler_grace(now)
+    }
+
+    /// Stops enforcing: the command's group is gone. Nothing is sent after this returns.
+    pub fn finish(&self) {
+        self.shared.lock().done = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::BootClock;
+    use crate::config::{Budget, BudgetRequest};
+    use std::os::unix::process::CommandExt;
+
+    fn budget() -> Budget {
+        Budget::compute(BudgetRequest {
+            session_timeout: Duration::from_millis(2_000),
+            tick: Duration::from_millis(100),
+            threshold: Some(Duration::from_millis(300)),
+            grace: Some(Duration::from_millis(300)),
+        })
+        .unwrap()
+    }
+
+    /// A process group that ignores TERM; returns its leader.
+    fn stubborn_group() -> std::process::Child {
+        std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; while :; do sleep 0.01; done"])
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_thread_kills_on_its_own_while_the_caller_is_blocked() {
+        let mut group = stubborn_group();
+        let clock = BootClock;
+        let enforcer = Enforcer::start(
+            Watchdog::new(&budget(), clock.now()),
+            Pid::from_raw(group.id() as i32),
+            Signal::SIGTERM,
+            clock,
+        );
+        // Nobody calls act(): only the thread can send TERM and, after the grace, SIGKILL.
+        let status = group.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+        assert_eq!(enforcer.loss(), Some(Loss::Deadline));
+    }
+
+    #[test]
+    fn finished_enforcer_sends_nothing() {
+        let mut group = stubborn_group();
+        let clock = BootClock;
+        let enforcer = Enforcer::start(
+            Watchdog::new(&budget(), clock.now()),
+            Pid::from_raw(group.id() as i32),
+            Signal::SIGTERM,
+            clock,
+        );
+        enforcer.finish();
+        std::thread::sleep(Duration::from_millis(900));
+        assert!(group.try_wait().unwrap().is_none(), "the group must still run");
+        assert_eq!(enforcer.act(clock.now()), None);
+        assert_eq!(enforcer.loss(), None);
+        let _ = killpg(Pid::from_raw(group.id() as i32), Signal::SIGKILL);
+        let _ = group.wait();
+    }
+}
