@@ -175,16 +175,16 @@ mod tests {
             .unwrap()
     }
 
+    /// An enforcer on `group`, its t_ok now.
+    fn enforce(group: &std::process::Child) -> Enforcer {
+        let clock = BootClock;
+        Enforcer::start(Watchdog::new(&budget(), clock.now()), Pid::from_raw(group.id() as i32), Signal::SIGTERM, clock)
+    }
+
     #[test]
     fn the_thread_kills_on_its_own_while_the_caller_is_blocked() {
         let mut group = stubborn_group();
-        let clock = BootClock;
-        let enforcer = Enforcer::start(
-            Watchdog::new(&budget(), clock.now()),
-            Pid::from_raw(group.id() as i32),
-            Signal::SIGTERM,
-            clock,
-        );
+        let enforcer = enforce(&group);
         // Nobody calls act(): only the thread can send TERM and, after the grace, SIGKILL.
         let status = group.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
@@ -195,17 +195,11 @@ mod tests {
     #[test]
     fn finished_enforcer_sends_nothing() {
         let mut group = stubborn_group();
-        let clock = BootClock;
-        let enforcer = Enforcer::start(
-            Watchdog::new(&budget(), clock.now()),
-            Pid::from_raw(group.id() as i32),
-            Signal::SIGTERM,
-            clock,
-        );
+        let enforcer = enforce(&group);
         enforcer.finish();
         std::thread::sleep(Duration::from_millis(900));
         assert!(group.try_wait().unwrap().is_none(), "the group must still run");
-        assert_eq!(enforcer.act(clock.now()), None);
+        assert_eq!(enforcer.act(BootClock.now()), None);
         assert_eq!(enforcer.loss(), None);
         let _ = killpg(Pid::from_raw(group.id() as i32), Signal::SIGKILL);
         let _ = group.wait();
