@@ -1,0 +1,589 @@
+//! The safety model under faults (`shared/design/safety.md`), one deterministic test per
+//! scenario, against dedicated real servers. Each command run under zklock writes a
+//! [`history`]; the checker proves that no two commands ran at once (or, where zklock itself
+//! was frozen or its session was expired from outside, that the fencing token protects), that
+//! tokens rise, that no lock node is left, and that every exit code fits what happened.
+//!
+//! Figures used below, for tickTime 500 ms (config.rs):
+//! * T = 4 s: heartbeat 400 ms, stop signal 1.87 s and SIGKILL 2.66 s after the last heartbeat
+//!   confirmed through the leader.
+//! * T = 10 s: heartbeat 1 s, stop signal 5.6 s, SIGKILL 8 s.
+//! * T = 20 s (servers allowing it): heartbeat 2 s, stop signal 11.9 s, SIGKILL 16.9 s.
+//!
+//! Fault tests run one at a time ([`serial`]): they start JVMs and are sensitive to a starved CPU.
+//! `ZKLOCK_FAULTS_SHOW=1` prints each test's history (with `--nocapture`).
+
+pub mod history;
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::support::proxy::{expire_session, op, Mode, ProxiedEnsemble, Proxy};
+use crate::support::{four_letter_timeout, ZkEnsemble, ZkOptions, ZkServer, READY_TIMEOUT};
+use crate::util::{alive, run_cmd, Zk, PATIENCE};
+use history::{check, History, Hold, Run};
+
+/// Fault tests (and the randomized run) take turns: each starts its own servers.
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// A temp dir with the history in it.
+pub(crate) struct Bed {
+    pub dir: TempDir,
+    pub history: History,
+}
+
+impl Bed {
+    pub fn new() -> Bed {
+        let dir = TempDir::new().unwrap();
+        let history = History::new(dir.path());
+        Bed { dir, history }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A hold that ends when the test creates `<dir>/<name>`.
+    pub fn until(&self, name: &str) -> Hold {
+        Hold::UntilFile(self.file(name))
+    }
+
+    pub fn release(&self, name: &str) {
+        std::fs::write(self.file(name), "").unwrap();
+    }
+
+    /// Starts `zklock run --server-tick <tick> OPTS LOCK -- <history command for id>`.
+    pub fn spawn(&self, id: &str, connect: &str, tick: Duration, lock: &str, opts: &[&str], hold: Hold) -> Zklock {
+        Zklock::spawn(&self.history, self.dir.path(), id, connect, tick, lock, opts, &hold)
+    }
+}
+
+/// One zklock process. Dropping it kills it if it still runs (its command dies with it).
+pub(crate) struct Zklock {
+    pub id: String,
+    child: Child,
+    stderr: PathBuf,
+    history: PathBuf,
+    exit: Option<i32>,
+}
+
+impl Zklock {
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn(
+        history: &History,
+        dir: &Path,
+        id: &str,
+        connect: &str,
+        tick: Duration,
+        lock: &str,
+        opts: &[&str],
+        hold: &Hold,
+    ) -> Zklock {
+        let stderr = dir.join(format!("{id}.stderr"));
+        let argv = history.argv(id, hold);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut cmd = run_cmd(connect, tick, lock, opts, &argv);
+        cmd.env("LC_ALL", "C").stdout(Stdio::null()).stderr(File::create(&stderr).unwrap());
+        history.note(id, "zklock-spawn");
+        let child = cmd.spawn().expect("spawn zklock");
+        Zklock { id: id.to_owned(), child, stderr, history: history.path().to_owned(), exit: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    fn record(&mut self, status: std::process::ExitStatus) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        self.exit = Some(code);
+        let line = format!("{} {} zklock-exit {code}\n", history::now_ns(), self.id);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.history).unwrap();
+        std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
+        code
+    }
+
+    /// The exit code, if it exited (records it in the history once).
+    pub fn try_exit(&mut self) -> Option<i32> {
+        if self.exit.is_none() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.record(status);
+            }
+        }
+        self.exit
+    }
+
+    /// Waits (with patience) for the exit code.
+    pub fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + PATIENCE * 2;
+        loop {
+            if let Some(code) = self.try_exit() {
+                return code;
+            }
+            assert!(Instant::now() < deadline, "zklock {} did not exit in time; stderr:\n{}", self.id, self.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Zklock {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- stderr of zklock {} ---\n{}", self.id, self.stderr());
+        }
+        if self.exit.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits (with patience) until `lock` has no children; returns what is left.
+pub(crate) fn settle(zk: &Zk, lock: &str, patience: Duration) -> Vec<String> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let left = zk.children(lock);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks the history and panics with it on failure.
+fn verify(bed: &Bed, zk: &Zk, lock: &str, runs: &[Run]) {
+    let leaked = settle(zk, lock, PATIENCE);
+    let report = check(&bed.history.events(), runs, &leaked);
+    if std::env::var_os("ZKLOCK_FAULTS_SHOW").is_some() {
+        eprintln!("{}--- history ---\n{}", report.describe(), bed.history.dump());
+    }
+    report.assert_ok(&bed.history);
+}
+
+fn opts(session_timeout: &'static str) -> [&'static str; 3] {
+    ["-v", "--session-timeout", session_timeout]
+}
+
+/// Servers that accept session timeouts up to 20 s (tickTime 500 ms).
+fn long_sessions() -> ZkOptions {
+    ZkOptions { max_session_timeout_ms: Some(20_000), ..ZkOptions::default() }
+}
+
+/// Scenario 1: a silent partition of the holder, longer than the threshold, with a waiter on
+/// a direct path: the holder's command is dead before the waiter's starts; the holder exits 124.
+#[test]
+fn silent_partition_past_the_threshold_stops_the_holder_before_the_waiter_starts() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let proxy = Proxy::to_port("holder", server.port());
+    let bed = Bed::new();
+    let lock = "/faults/partition-long";
+    let mut holder = bed.spawn("holder", &proxy.connect_string(), server.tick(), lock, &opts("4s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("4s"), Hold::Beats(3));
+    zk.wait_children(lock, 2);
+
+    bed.history.note("test", "partition holder");
+    proxy.set_mode(Mode::Drop);
+    let waiter_start = bed.history.wait_event("waiter", "start", PATIENCE);
+    proxy.set_mode(Mode::Pass);
+    bed.history.note("test", "heal");
+
+    let runs = [Run::new("holder", holder.wait(), &[124]), Run::new("waiter", waiter.wait(), &[0])];
+    verify(&bed, &zk, lock, &runs);
+    let holder_cmd = &bed.history.commands()["holder"];
+    assert!(holder_cmd.stopped.is_some(), "the holder's command never got the stop signal");
+    assert!(holder_cmd.last < waiter_start.ts);
+    assert!(holder.stderr().contains("no heartbeat confirmed"), "{}", holder.stderr());
+}
+
+/// Scenario 2: a partition shorter than the threshold: the command survives and exits 0.
+#[test]
+fn silent_partition_shorter_than_the_threshold_is_survived() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let proxy = Proxy::to_port("holder", server.port());
+    let bed = Bed::new();
+    let lock = "/faults/partition-short";
+    // T = 10 s: stop signal 5.6 s after the last confirmed heartbeat; the partition lasts 2.5 s.
+    let mut holder = bed.spawn("holder", &proxy.connect_string(), server.tick(), lock, &opts("10s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    proxy.wait_reply(PATIENCE, "a first confirmed heartbeat", |r| r.op == op::MULTI && r.err == 0);
+
+    bed.history.note("test", "partition holder");
+    proxy.set_mode(Mode::Drop);
+    std::thread::sleep(Duration::from_millis(2_500)); // the fault's length
+    proxy.set_mode(Mode::Pass);
+    let healed = Instant::now();
+    bed.history.note("test", "heal");
+    // The watchdog is re-armed by a heartbeat sent after the heal and confirmed by the leader.
+    proxy.wait_reply(PATIENCE, "a heartbeat after the heal", |r| r.op == op::MULTI && r.err == 0 && r.sent > healed);
+    bed.release("h.go");
+
+    let runs = [Run::new("holder", holder.wait(), &[0])];
+    verify(&bed, &zk, lock, &runs);
+    assert!(!holder.stderr().contains("lock lost"), "{}", holder.stderr());
+}
+
+/// Scenario 3: the holder's session expired by the server (closed through a second
+/// connection with its id and password): the command is stopped at once, on the expiry rather
+/// than at the deadline, and the waiter proceeds. Such an expiry comes sooner than T after the
+/// holder was last heard, so the model cannot promise the holder is dead first: an overlap is
+/// fenced (the waiter's token is larger), not a failure.
+#[test]
+fn session_expired_by_the_server_stops_the_command_at_once_and_the_waiter_proceeds() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let proxy = Proxy::to_port("holder", server.port());
+    let bed = Bed::new();
+    let lock = "/faults/expired";
+    let mut holder = bed.spawn("holder", &proxy.connect_string(), server.tick(), lock, &opts("10s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("10s"), Hold::Beats(3));
+    zk.wait_children(lock, 2);
+    let session = proxy.wait_session(PATIENCE);
+
+    // The server drops the holder's connection when we attach to its session; refusing its
+    // reconnects until the session is closed keeps it from re-attaching first.
+    proxy.set_mode(Mode::Refuse);
+    let expiring = bed.history.note("test", &format!("expire session {:#x}", session.id));
+    expire_session(addr(server.port()), &session).expect("expire the holder's session");
+    bed.history.note("test", "expired");
+    proxy.set_mode(Mode::Pass);
+
+    let runs = [
+        Run::new("holder", holder.wait(), &[124]).excused(expiring, u64::MAX),
+        Run::new("waiter", waiter.wait(), &[0]),
+    ];
+    verify(&bed, &zk, lock, &runs);
+    let err = holder.stderr();
+    assert!(err.contains("session expired") || err.contains("lock node was deleted"), "{err}");
+    assert!(!err.contains("no heartbeat confirmed"), "stopped at the deadline, not at once: {err}");
+    assert!(bed.history.commands()["holder"].stopped.is_some());
+}
+
+/// The index of a member that is not the leader.
+fn a_follower(ensemble: &ZkEnsemble) -> (usize, usize) {
+    let leader = ensemble.wait_for_leader(READY_TIMEOUT);
+    ((leader + 1) % ensemble.len(), leader)
+}
+
+/// Scenario 4: the leader is killed while the holder is connected to a follower: a new leader
+/// is elected within the budget (T = 20 s: stop signal at 11.9 s) and the command survives.
+#[test]
+fn leader_killed_while_the_holder_is_on_a_follower_is_survived() {
+    let _turn = serial();
+    let mut ensemble = ZkEnsemble::start_with(3, long_sessions());
+    let (follower, leader) = a_follower(&ensemble);
+    let proxy = Proxy::to_port("holder", ensemble.server(follower).port());
+    let zk = Zk::connect(&ensemble.connect_string());
+    let bed = Bed::new();
+    let lock = "/faults/leader-killed";
+    let tick = ensemble.server(0).tick();
+    let mut holder = bed.spawn("holder", &proxy.connect_string(), tick, lock, &opts("20s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut waiter = bed.spawn("waiter", &ensemble.connect_string(), tick, lock, &opts("20s"), Hold::Beats(3));
+    zk.wait_children(lock, 2);
+
+    bed.history.note("test", &format!("kill leader {leader}"));
+    ensemble.server_mut(leader).stop();
+    let killed = Instant::now();
+    let new_leader = ensemble.wait_for_leader(PATIENCE);
+    bed.history.note("test", &format!("new leader {new_leader}"));
+    // Survival: a heartbeat sent after the kill was confirmed by the new leader.
+    proxy.wait_reply(PATIENCE, "a heartbeat confirmed by the new leader", |r| {
+        r.op == op::MULTI && r.err == 0 && r.sent > killed
+    });
+    bed.release("h.go");
+
+    let runs = [Run::new("holder", holder.wait(), &[0]), Run::new("waiter", waiter.wait(), &[0])];
+    verify(&bed, &zk, lock, &runs);
+    assert!(!holder.stderr().contains("lock lost"), "{}", holder.stderr());
+}
+
+/// Scenario 5: the holder's follower is cut from the leader only; the client link stays up
+/// and the follower goes on answering pings for syncLimit x tick = 2.5 s. T = 4 s: zklock must
+/// stop the command (at 1.87 s) before the leader expires the session (at 4 s and more) and
+/// lets the waiter in; that works only because heartbeats go through the leader.
+#[test]
+fn follower_cut_from_the_leader_stops_the_command_before_the_leader_expires_the_session() {
+    let _turn = serial();
+    let ensemble = ProxiedEnsemble::start(3, ZkOptions::default());
+    let (follower, leader) = a_follower(&ensemble);
+    let zk = Zk::connect(&ensemble.server(leader).connect_string());
+    let bed = Bed::new();
+    let lock = "/faults/follower-cut";
+    let tick = ensemble.server(0).tick();
+    let mut holder =
+        bed.spawn("holder", &ensemble.server(follower).connect_string(), tick, lock, &opts("4s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut waiter =
+        bed.spawn("waiter", &ensemble.server(leader).connect_string(), tick, lock, &opts("4s"), Hold::Beats(3));
+    zk.wait_children(lock, 2);
+
+    bed.history.note("test", &format!("cut follower {follower} from leader {leader}"));
+    ensemble.cut(follower, leader);
+    // For the record: when the follower stops serving (it answers pings until then).
+    let watching = std::sync::atomic::AtomicBool::new(true);
+    let waiter_start = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut last = String::new();
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                let srvr = four_letter_timeout(ensemble.server(follower).port(), "srvr", Duration::from_millis(300));
+                let mode = srvr.lines().find_map(|l| l.strip_prefix("Mode: ")).unwrap_or("not serving").to_owned();
+                if mode != last {
+                    bed.history.note("test", &format!("follower {follower}: {mode}"));
+                    last = mode;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        // Stops the watcher however this ends (a panic too, or the scope would never end).
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _done = Done(&watching);
+        bed.history.wait_event("waiter", "start", PATIENCE)
+    });
+    ensemble.heal_all();
+    bed.history.note("test", "heal");
+
+    let runs = [Run::new("holder", holder.wait(), &[124]), Run::new("waiter", waiter.wait(), &[0])];
+    verify(&bed, &zk, lock, &runs);
+    let holder_cmd = &bed.history.commands()["holder"];
+    assert!(holder_cmd.stopped.is_some());
+    assert!(holder_cmd.last < waiter_start.ts);
+    assert!(holder.stderr().contains("no heartbeat confirmed"), "{}", holder.stderr());
+}
+
+/// Scenario 6: quorum lost (two of three members killed) for longer than the threshold, then
+/// regained: the command is stopped at the deadline, and once the quorum is back the waiter
+/// proceeds; no node is left.
+#[test]
+fn quorum_lost_past_the_threshold_and_regained() {
+    let _turn = serial();
+    let mut ensemble = ZkEnsemble::start(3);
+    let bed = Bed::new();
+    let lock = "/faults/quorum";
+    let tick = ensemble.server(0).tick();
+    let kept = 0;
+    let mut holder =
+        bed.spawn("holder", &ensemble.server(kept).connect_string(), tick, lock, &opts("10s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut waiter = bed.spawn("waiter", &ensemble.connect_string(), tick, lock, &opts("10s"), Hold::Beats(3));
+    Zk::connect(&ensemble.connect_string()).wait_children(lock, 2);
+
+    bed.history.note("test", "quorum lost");
+    ensemble.server_mut(1).stop();
+    ensemble.server_mut(2).stop();
+    bed.history.wait_event("holder", "stop", PATIENCE);
+    for i in [1, 2] {
+        ensemble.server_mut(i).restart_nowait();
+    }
+    for i in [1, 2] {
+        ensemble.server(i).wait_ready(READY_TIMEOUT);
+    }
+    bed.history.note("test", "quorum regained");
+
+    let runs = [Run::new("holder", holder.wait(), &[124]), Run::new("waiter", waiter.wait(), &[0])];
+    let zk = Zk::connect(&ensemble.connect_string());
+    verify(&bed, &zk, lock, &runs);
+    assert!(holder.stderr().contains("no heartbeat confirmed"), "{}", holder.stderr());
+}
+
+/// Scenario 7: the connection is reset right after the server created our lock node, before
+/// its reply reaches zklock: zklock finds and adopts its node (exactly one node of ours), and
+/// does not wait behind itself.
+#[test]
+fn reset_during_the_create_leaves_exactly_one_node_and_zklock_does_not_wait_behind_itself() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let proxy = Proxy::to_port("holder", server.port());
+    proxy.reset_after_create_reply("-lock-");
+    let bed = Bed::new();
+    let lock = "/faults/create-reset";
+    let mut holder = bed.spawn("holder", &proxy.connect_string(), server.tick(), lock, &opts("10s"), bed.until("h.go"));
+    // Had it created a second node, it would wait behind the first forever.
+    bed.history.wait_event("holder", "start", PATIENCE);
+    assert_eq!(proxy.fired(), 1, "the create's reply was not lost");
+    let nodes = zk.children(lock);
+    assert_eq!(nodes.len(), 1, "exactly one node of ours: {nodes:?}");
+    let session = proxy.sessions().last().cloned().unwrap();
+    let (_, stat) = zk.data(&format!("{lock}/{}", nodes[0])).unwrap();
+    assert_eq!(stat.ephemeral_owner, session.id, "the node is owned by zklock's session");
+    bed.release("h.go");
+
+    let runs = [Run::new("holder", holder.wait(), &[0])];
+    verify(&bed, &zk, lock, &runs);
+    assert!(holder.stderr().contains("recovered our lock node"), "{}", holder.stderr());
+}
+
+/// Scenario 8a: a waiter gets SIGTERM while its connection is down (reset and refused): it
+/// exits 143 once it could delete its node, and leaves none.
+#[test]
+fn waiter_terminated_while_the_connection_is_down_leaves_no_node() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let proxy = Proxy::to_port("waiter", server.port());
+    let bed = Bed::new();
+    let lock = "/faults/waiter-term";
+    let mut holder =
+        bed.spawn("holder", &server.connect_string(), server.tick(), lock, &opts("10s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let holder_node = zk.children(lock);
+    let mut waiter = bed.spawn("waiter", &proxy.connect_string(), server.tick(), lock, &opts("10s"), Hold::Beats(1));
+    zk.wait_children(lock, 2);
+
+    bed.history.note("test", "waiter's connection down");
+    proxy.set_mode(Mode::Reset);
+    waiter.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_secs(1)); // the fault's length
+                                                // It cannot have deleted its node, and must not leave without trying.
+    assert_eq!(waiter.try_exit(), None, "zklock exited while it could not delete its node");
+    let healed = Instant::now();
+    proxy.set_mode(Mode::Pass);
+    bed.history.note("test", "connection back");
+    proxy.wait_request(PATIENCE, op::DELETE, healed);
+    let waiter_code = waiter.wait();
+    assert_eq!(zk.children(lock), holder_node, "the waiter's node is gone when it exits");
+    assert!(waiter.stderr().contains("got SIGTERM while waiting"), "{}", waiter.stderr());
+    bed.release("h.go");
+
+    let runs = [Run::new("holder", holder.wait(), &[0]), Run::new("waiter", waiter_code, &[143])];
+    verify(&bed, &zk, lock, &runs);
+}
+
+/// Scenario 8b: a waiter's `--wait` runs out during a silent partition: it exits 75 once it
+/// could delete its node, and leaves none.
+#[test]
+fn waiter_timing_out_during_a_partition_leaves_no_node() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let proxy = Proxy::to_port("waiter", server.port());
+    let bed = Bed::new();
+    let lock = "/faults/waiter-timeout";
+    let mut holder =
+        bed.spawn("holder", &server.connect_string(), server.tick(), lock, &opts("10s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let holder_node = zk.children(lock);
+    let wait_opts = ["-v", "--session-timeout", "10s", "--wait", "3s"];
+    let mut waiter = bed.spawn("waiter", &proxy.connect_string(), server.tick(), lock, &wait_opts, Hold::Beats(1));
+    zk.wait_children(lock, 2);
+
+    bed.history.note("test", "partition waiter");
+    let cut = Instant::now();
+    proxy.set_mode(Mode::Drop);
+    assert_eq!(waiter.try_exit(), None, "--wait ran out before the partition; lengthen it");
+    // --wait ran out: zklock sends the delete of its node into the partition.
+    proxy.wait_request(PATIENCE, op::DELETE, cut);
+    std::thread::sleep(Duration::from_secs(1)); // the fault's length
+    proxy.set_mode(Mode::Pass);
+    bed.history.note("test", "heal");
+    let waiter_code = waiter.wait();
+    assert_eq!(zk.children(lock), holder_node, "the waiter's node is gone when it exits");
+    assert!(waiter.stderr().contains("gave up waiting"), "{}", waiter.stderr());
+    bed.release("h.go");
+
+    let runs = [Run::new("holder", holder.wait(), &[0]), Run::new("waiter", waiter_code, &[75])];
+    verify(&bed, &zk, lock, &runs);
+}
+
+/// Scenario 9: zklock frozen (SIGSTOP) past the session timeout while its command runs on;
+/// the waiter gets the lock when the session expires. Resumed, zklock stops the command at
+/// once (its deadline has long passed: no new threshold is granted) and exits 124; the next
+/// holder's token is larger (the fence for the overlap a frozen zklock cannot prevent).
+#[test]
+fn zklock_frozen_past_the_session_timeout_stops_the_command_at_once_when_resumed() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let bed = Bed::new();
+    let lock = "/faults/frozen-zklock";
+    let mut holder = bed.spawn("holder", &server.connect_string(), server.tick(), lock, &opts("4s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("4s"), bed.until("w.go"));
+    zk.wait_children(lock, 2);
+
+    let frozen = bed.history.note("test", "freeze holder's zklock");
+    holder.signal(Signal::SIGSTOP);
+    bed.history.wait_event("waiter", "start", PATIENCE);
+    let holder_pid = bed.history.commands()["holder"].pid;
+    assert!(alive(holder_pid), "the frozen zklock's command runs on");
+    let thawed = bed.history.note("test", "resume holder's zklock");
+    holder.signal(Signal::SIGCONT);
+    let holder_code = holder.wait();
+    let last = bed.history.commands()["holder"].last;
+    bed.release("w.go");
+
+    let runs =
+        [Run::new("holder", holder_code, &[124]).excused(frozen, thawed), Run::new("waiter", waiter.wait(), &[0])];
+    verify(&bed, &zk, lock, &runs);
+    let cmds = bed.history.commands();
+    assert!(cmds["waiter"].token > cmds["holder"].token);
+    // "At once": well within the 1.87 s a freshly armed threshold would take.
+    let after = Duration::from_nanos(last.saturating_sub(thawed));
+    assert!(after < Duration::from_millis(1_870), "command alive {after:?} after zklock resumed");
+    assert!(!alive(holder_pid));
+}
+
+/// Scenario 10: the server restarted within the threshold (T = 20 s: stop signal 11.9 s after
+/// the last confirmed heartbeat): the session survives in the server's log and the command
+/// survives.
+#[test]
+fn server_restarted_within_the_threshold_is_survived() {
+    let _turn = serial();
+    let mut server = ZkServer::start_with(long_sessions());
+    let proxy = Proxy::to_port("holder", server.port());
+    let bed = Bed::new();
+    let lock = "/faults/restart";
+    let mut holder = bed.spawn("holder", &proxy.connect_string(), server.tick(), lock, &opts("20s"), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+
+    bed.history.note("test", "restart server");
+    server.stop();
+    let stopped = Instant::now();
+    server.restart();
+    bed.history.note("test", "server back");
+    proxy.wait_reply(PATIENCE, "a heartbeat confirmed after the restart", |r| {
+        r.op == op::MULTI && r.err == 0 && r.sent > stopped
+    });
+    bed.release("h.go");
+
+    let runs = [Run::new("holder", holder.wait(), &[0])];
+    let zk = Zk::connect(&server.connect_string());
+    verify(&bed, &zk, lock, &runs);
+    assert!(!holder.stderr().contains("lock lost"), "{}", holder.stderr());
+}
