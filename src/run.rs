@@ -198,8 +198,8 @@ async fn hold(
     let waited = match end {
         WaitEnd::Done(Ok(Acquired::Yes { waited })) => waited,
         other => {
-            abandon(&recipe, created.as_ref()).await;
-            return match other {
+            // Say why first: deleting our node may wait for a reconnect.
+            let outcome = match other {
                 WaitEnd::Done(Ok(Acquired::Held { ahead })) => {
                     info!("{} is held ({ahead} ahead of us); not waiting (--no-wait)", args.lock);
                     Ok(args.conflict_exit_code)
@@ -225,6 +225,8 @@ async fn hold(
                 WaitEnd::Done(Err(e)) => Err(e),
                 WaitEnd::Done(Ok(Acquired::Yes { .. })) => unreachable!("handled above"),
             };
+            abandon(&recipe, created.as_ref()).await;
+            return outcome;
         }
     };
     let node = created.clone().expect("an acquired lock has a node");
