@@ -369,7 +369,11 @@ fn random_run(default_secs: u64) {
             eprintln!("random: exit 125 x{n}: {msg}");
         }
     }
-    println!("{line}");
+    // Straight to the stderr handle, past the test harness's capture: CI logs show the line.
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
     if !report.ok() {
         let mut detail = report.describe();
         for (msg, n) in &failures {
