@@ -32,10 +32,12 @@ pub fn become_subreaper() {
 }
 
 /// Spawns `argv` directly (no shell) in a new process group, with `env` added, inheriting
-/// stdin, stdout and stderr. The command gets SIGKILL if zklock dies.
-pub fn spawn(argv: &[OsString], env: &[(&str, String)]) -> io::Result<Child> {
+/// stdin, stdout and stderr; `program` is `argv[0]` already resolved along PATH (argv[0] itself
+/// is passed on unchanged). The command gets SIGKILL if zklock dies.
+pub fn spawn(program: &std::path::Path, argv: &[OsString], env: &[(&str, String)]) -> io::Result<Child> {
     let parent = nix::unistd::getpid();
-    let mut cmd = CommandWrap::with_new(&argv[0], |cmd| {
+    let mut cmd = CommandWrap::with_new(program, |cmd| {
+        cmd.arg0(&argv[0]);
         cmd.args(&argv[1..]);
         for (k, v) in env {
             cmd.env(k, v);
@@ -204,25 +206,20 @@ unsafe fn guard_main(pipe: i32, pgid: i32) -> ! {
 }
 
 impl Guard {
-    /// The group is gone: the guard exits without killing anything, and is reaped.
-    pub fn disarm(mut self) {
-        self.stop(true);
-    }
-
-    fn stop(&mut self, disarm: bool) {
+    /// The group is gone: the guard exits without killing anything. Does not wait for it; it
+    /// is reaped when the `Guard` is dropped.
+    pub fn disarm(&mut self) {
         if let Some(pipe) = self.pipe.take() {
-            if disarm {
-                let _ = nix::unistd::write(&pipe, &[DISARM]);
-            }
-            drop(pipe);
-            let _ = waitpid(self.pid, None);
+            let _ = nix::unistd::write(&pipe, &[DISARM]);
         }
     }
 }
 
 impl Drop for Guard {
-    /// Dropped without being disarmed (an error path): the guard kills the group.
+    /// Reaps the guard. Dropped without being disarmed (an error path), the closed pipe makes
+    /// the guard kill the group first.
     fn drop(&mut self) {
-        self.stop(false);
+        drop(self.pipe.take());
+        let _ = waitpid(self.pid, None);
     }
 }

@@ -57,12 +57,20 @@ impl Shared {
         if state.done {
             return None;
         }
+        let mut due = Vec::new();
         while let Some(action) = state.watchdog.poll(now) {
+            due.push(action);
+        }
+        let killing = due.contains(&Action::Kill);
+        for action in due {
             match action {
                 Action::Stop(why) => {
                     send(self.pgid, self.stop_signal);
-                    // A member stopped by SIGTTIN or SIGSTOP must run to handle the signal.
-                    send(self.pgid, Signal::SIGCONT);
+                    // A member stopped (Ctrl-Z, SIGTTIN) must run to handle the signal — unless
+                    // SIGKILL follows at once: then it must not run at all.
+                    if !killing {
+                        send(self.pgid, Signal::SIGCONT);
+                    }
                     error!("lock lost: {why}; sent {} to the command", self.stop_signal);
                 }
                 Action::Kill => {

@@ -161,8 +161,10 @@ pub enum Turn {
 /// How an acquisition attempt ended.
 #[derive(Debug)]
 pub enum Acquired {
-    /// The lock is ours. `waited` says whether we had to wait for a predecessor.
-    Yes { waited: bool },
+    /// The lock is ours. `waited` says whether we had to wait for a predecessor; `confirmed`
+    /// is the send time of a check through the leader that succeeded along with the listing
+    /// that made us first, if one was sent.
+    Yes { waited: bool, confirmed: Option<Duration> },
     /// `--no-wait` found the lock held by `ahead` contenders.
     Held { ahead: usize },
 }
@@ -342,8 +344,20 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let mut waited = false;
         let mut told = usize::MAX;
         loop {
-            let (predecessor, ahead) = match self.turn(node).await? {
-                Turn::Ours => return Ok(Acquired::Yes { waited }),
+            // After a wake-up, a check through the leader goes out together with the listing,
+            // so that a new holder starts its command without another round trip.
+            // (commit() sends the request; its reply comes before the listing's.)
+            let check = waited.then(|| {
+                let sent = self.clock.now();
+                (sent, self.client.new_check_writer(&node.path, None).map(|writer| writer.commit()))
+            });
+            let turn = self.turn(node).await?;
+            let confirmed = match check {
+                Some((sent, Ok(commit))) => commit.await.is_ok().then_some(sent),
+                _ => None,
+            };
+            let (predecessor, ahead) = match turn {
+                Turn::Ours => return Ok(Acquired::Yes { waited, confirmed }),
                 Turn::Behind { predecessor, ahead } => (predecessor, ahead),
             };
             if no_wait {
@@ -354,10 +368,18 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 told = ahead;
             }
             waited = true;
-            let path = format!("{}/{predecessor}", self.lock);
+            self.watch_until_gone(&predecessor).await?;
+        }
+    }
+
+    /// Returns once the predecessor is deleted (or was already gone). A change of its data
+    /// (a holder recording when it acquired) only re-arms the watch.
+    async fn watch_until_gone(&self, predecessor: &str) -> Result<()> {
+        let path = format!("{}/{predecessor}", self.lock);
+        loop {
             let watcher = match retry(self.client, || self.client.get_and_watch_data(&path)).await {
                 Ok((_, _, watcher)) => watcher,
-                Err(zookeeper_client::Error::NoNode) => continue,
+                Err(zookeeper_client::Error::NoNode) => return Ok(()),
                 Err(e) => return Err(e).with_context(|| format!("cannot watch {path}")),
             };
             let event = watcher.changed().await;
@@ -365,6 +387,9 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 bail!("the ZooKeeper session ended while waiting ({})", event.session_state);
             }
             debug!("predecessor {predecessor}: {}", event.event_type);
+            if event.event_type != EventType::NodeDataChanged {
+                return Ok(());
+            }
         }
     }
 

@@ -52,7 +52,10 @@ pub fn init(verbose: u8, quiet: bool) -> tracing_appender::non_blocking::WorkerG
         .ok()
         .and_then(|s| s.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_target("zklock", ours).with_default(theirs));
+    // A small buffer: the default (128k lines) costs megabytes and milliseconds at start-up,
+    // and zklock says little.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(256)
         .lossy(true)
         .thread_name("zklock-log")
         .finish(std::io::stderr());

@@ -198,7 +198,8 @@ async fn heartbeats<C: Clock>(
     tx: mpsc::UnboundedSender<Event>,
 ) {
     use futures::stream::{FuturesUnordered, StreamExt};
-    let mut interval = tokio::time::interval(period);
+    // The first one after a period: t_ok was confirmed just before the command started.
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut in_flight = FuturesUnordered::new();
     loop {

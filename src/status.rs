@@ -392,7 +392,7 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
     } else {
         snapshot(&client, &args, quiet).await
     };
-    crate::run::close(client).await;
+    crate::run::close_session(client).await;
     result
 }
 

@@ -657,28 +657,41 @@ fn proc_state(pid: i32) -> Option<char> {
     stat.rsplit(')').next()?.split_whitespace().next()?.chars().next()
 }
 
+/// A command that stamps a file every 20 ms: its progress is what "stopped" is judged by (a
+/// shell stopped between vfork and exec shows state D, not T).
+const BEATING: &str = r#"echo $$ > "$1"; while :; do date +%s%N > "$1.beat"; sleep 0.02; done"#;
+
+fn beat(ready: &std::path::Path) -> String {
+    std::fs::read_to_string(ready.with_extension("beat")).unwrap_or_default()
+}
+
+/// Whether the beat file stays the same for `quiet` (the length of the observation).
+fn no_progress(ready: &std::path::Path, quiet: Duration) -> bool {
+    let before = beat(ready);
+    std::thread::sleep(quiet); // an observation window, not a readiness wait
+    before == beat(ready)
+}
+
 #[test]
 fn ctrl_z_stops_the_command_with_zklock_and_fg_continues_both() {
     let zk = shared();
     let lock = unique_lock_path("ctrlz");
     let dir = TempDir::new().unwrap();
     let ready = dir.path().join("ready");
-    let go = dir.path().join("go");
-    let script = r#"echo $$ > "$1"; while [ ! -e "$2" ]; do sleep 0.02; done"#;
-    let mut zklock = run_shared(&lock, &[], &["sh", "-c", script, "sh", ready.to_str().unwrap(), go.to_str().unwrap()])
-        .spawn()
-        .unwrap();
+    let mut zklock = run_shared(&lock, &[], &["sh", "-c", BEATING, "sh", ready.to_str().unwrap()]).spawn().unwrap();
     let command = read_pid(&ready);
     send(zklock.id(), Signal::SIGTSTP);
-    support::wait_until(PATIENCE, "zklock and its command to be stopped", || {
-        proc_state(zklock.id() as i32) == Some('T') && proc_state(command) == Some('T')
-    });
+    support::wait_until(PATIENCE, "zklock to be stopped", || proc_state(zklock.id() as i32) == Some('T'));
+    assert!(no_progress(&ready, Duration::from_millis(300)), "the command must be stopped with zklock");
     send(zklock.id(), Signal::SIGCONT);
-    support::wait_until(PATIENCE, "both to run again", || {
-        proc_state(zklock.id() as i32) != Some('T') && proc_state(command) != Some('T')
-    });
-    std::fs::write(&go, "").unwrap();
-    assert_eq!(code(wait_status(&mut zklock)), 0);
+    let stopped_at = beat(&ready);
+    support::wait_until(PATIENCE, "the command to run again", || beat(&ready) != stopped_at);
+    assert_ne!(proc_state(zklock.id() as i32), Some('T'));
+    // Still holding, and still the command's: a TERM is forwarded and ends it.
+    assert_eq!(zk.children(&lock).len(), 1);
+    send(zklock.id(), Signal::SIGTERM);
+    assert_eq!(code(wait_status(&mut zklock)), 128 + 15);
+    assert!(!alive(command));
     assert!(zk.children(&lock).is_empty());
 }
 
@@ -688,20 +701,21 @@ fn stopped_past_the_deadline_the_command_is_killed_on_fg() {
     let lock = unique_lock_path("ctrlzlong");
     let dir = TempDir::new().unwrap();
     let ready = dir.path().join("ready");
-    let script = r#"echo $$ > "$1"; while :; do sleep 0.02; done"#;
     let mut zklock =
-        run_shared(&lock, &["--session-timeout", "2s"], &["sh", "-c", script, "sh", ready.to_str().unwrap()])
+        run_shared(&lock, &["--session-timeout", "2s"], &["sh", "-c", BEATING, "sh", ready.to_str().unwrap()])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
     let command = read_pid(&ready);
     send(zklock.id(), Signal::SIGTSTP);
-    support::wait_until(PATIENCE, "the command to be stopped", || proc_state(command) == Some('T'));
-    // Stopped far past the 2 s session: its lock may be someone else's by now.
-    std::thread::sleep(Duration::from_secs(3)); // the stop's length, not a readiness wait
-    assert_eq!(proc_state(command), Some('T'), "the command stays stopped while zklock is");
+    support::wait_until(PATIENCE, "zklock to be stopped", || proc_state(zklock.id() as i32) == Some('T'));
+    // Stopped far past the 2 s session: its lock may be someone else's by now, and the
+    // command must not have run meanwhile.
+    assert!(no_progress(&ready, Duration::from_secs(3)), "the command ran while zklock was stopped");
+    let frozen = beat(&ready);
     send(zklock.id(), Signal::SIGCONT);
     assert_eq!(code(wait_status(&mut zklock)), 124);
     assert!(!alive(command));
+    assert_eq!(beat(&ready), frozen, "the command was killed before it could run again");
     zk.wait_children(&lock, 0);
 }
