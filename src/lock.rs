@@ -9,6 +9,8 @@
 //! 4. A child name we cannot classify is an error, never ignored.
 //! 5. Release: delete our node and await the reply (the caller does this after the child is gone).
 
+use std::cell::Cell;
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
@@ -162,11 +164,20 @@ pub enum Turn {
 #[derive(Debug)]
 pub enum Acquired {
     /// The lock is ours. `waited` says whether we had to wait for a predecessor; `confirmed`
-    /// is the send time of a check through the leader that succeeded along with the listing
-    /// that made us first, if one was sent.
-    Yes { waited: bool, confirmed: Option<Duration> },
+    /// is the latest send time of a request on our node that the leader confirmed (our create,
+    /// or a check): a `t_ok`.
+    Yes { waited: bool, confirmed: Duration },
     /// `--no-wait` found the lock held by `ahead` contenders.
     Held { ahead: usize },
+}
+
+/// How a waiter keeps its confirmation fresh.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// The heartbeat period: how often the waiter next in line checks through the leader.
+    pub heartbeat: Duration,
+    /// A waiter woken with an older confirmation checks through the leader with its listing.
+    pub recheck_after: Duration,
 }
 
 /// The recipe for one lock path and one session.
@@ -340,24 +351,31 @@ impl<'a, C: Clock> Recipe<'a, C> {
     }
 
     /// Waits until our node is the lowest, watching only the immediate predecessor.
-    pub async fn wait_turn(&self, node: &OurNode, no_wait: bool) -> Result<Acquired> {
+    ///
+    /// The lock is granted with the latest confirmation that our session was alive: our create,
+    /// or a check through the leader. The waiter next in line (one node ahead, or its predecessor
+    /// recorded that it acquired) sends the holder's heartbeat while it waits, so that when it
+    /// is woken only the listing stands between the release and the command. A waiter woken
+    /// with an older confirmation sends a check together with the listing.
+    pub async fn wait_turn(&self, node: &OurNode, no_wait: bool, pace: Pace) -> Result<Acquired> {
         let mut waited = false;
         let mut told = usize::MAX;
+        let confirmed = Cell::new(node.create_sent);
         loop {
-            // After a wake-up, a check through the leader goes out together with the listing,
-            // so that a new holder starts its command without another round trip.
-            // (commit() sends the request; its reply comes before the listing's.)
-            let check = waited.then(|| {
+            // commit() sends the check at once; the listing sent after it is answered after it.
+            let stale = self.clock.now() >= confirmed.get() + pace.recheck_after;
+            let check = (waited && stale).then(|| {
                 let sent = self.clock.now();
                 (sent, self.client.new_check_writer(&node.path, None).map(|writer| writer.commit()))
             });
             let turn = self.turn(node).await?;
-            let confirmed = match check {
-                Some((sent, Ok(commit))) => commit.await.is_ok().then_some(sent),
-                _ => None,
-            };
+            if let Some((sent, Ok(commit))) = check {
+                if commit.await.is_ok() {
+                    confirmed.set(confirmed.get().max(sent));
+                }
+            }
             let (predecessor, ahead) = match turn {
-                Turn::Ours => return Ok(Acquired::Yes { waited, confirmed }),
+                Turn::Ours => return Ok(Acquired::Yes { waited, confirmed: confirmed.get() }),
                 Turn::Behind { predecessor, ahead } => (predecessor, ahead),
             };
             if no_wait {
@@ -368,13 +386,20 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 told = ahead;
             }
             waited = true;
-            self.watch_until_gone(&predecessor).await?;
+            self.watch_until_gone(node, &predecessor, ahead == 1, &confirmed, pace.heartbeat).await?;
         }
     }
 
     /// Returns once the predecessor is deleted (or was already gone). A change of its data
-    /// (a holder recording when it acquired) only re-arms the watch.
-    async fn watch_until_gone(&self, predecessor: &str) -> Result<()> {
+    /// (a holder recording when it acquired) only re-arms the watch, and makes us next in line.
+    async fn watch_until_gone(
+        &self,
+        node: &OurNode,
+        predecessor: &str,
+        mut next_in_line: bool,
+        confirmed: &Cell<Duration>,
+        period: Duration,
+    ) -> Result<()> {
         let path = format!("{}/{predecessor}", self.lock);
         loop {
             let watcher = match retry(self.client, || self.client.get_and_watch_data(&path)).await {
@@ -382,13 +407,46 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 Err(zookeeper_client::Error::NoNode) => return Ok(()),
                 Err(e) => return Err(e).with_context(|| format!("cannot watch {path}")),
             };
-            let event = watcher.changed().await;
+            let event = if next_in_line {
+                tokio::select! {
+                    event = watcher.changed() => event,
+                    never = self.heartbeat_while_next(node, confirmed, period) => match never {},
+                }
+            } else {
+                watcher.changed().await
+            };
             if event.event_type == EventType::Session && event.session_state.is_terminated() {
                 bail!("the ZooKeeper session ended while waiting ({})", event.session_state);
             }
             debug!("predecessor {predecessor}: {}", event.event_type);
             if event.event_type != EventType::NodeDataChanged {
                 return Ok(());
+            }
+            next_in_line = true;
+        }
+    }
+
+    /// The holder's heartbeat, sent by the waiter next in line: a check on our own node through
+    /// the leader every `period` (at once if the last confirmation is older). Failures are left
+    /// to the listing and the session watch; this only ever moves `confirmed` forward.
+    async fn heartbeat_while_next(&self, node: &OurNode, confirmed: &Cell<Duration>, period: Duration) -> Infallible {
+        loop {
+            let due = confirmed.get() + period;
+            let now = self.clock.now();
+            if now < due {
+                tokio::time::sleep(due - now).await;
+                continue;
+            }
+            let sent = self.clock.now();
+            let ok = match self.client.new_check_writer(&node.path, None) {
+                Ok(writer) => writer.commit().await.is_ok(),
+                Err(_) => false,
+            };
+            if ok {
+                debug!("next in line: our session confirmed through the leader");
+                confirmed.set(confirmed.get().max(sent));
+            } else {
+                tokio::time::sleep(period).await;
             }
         }
     }

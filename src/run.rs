@@ -229,12 +229,15 @@ async fn hold(
     let data = doc.to_bytes();
     let recipe = Recipe::new(client, &args.lock, clock);
     let mut created: Option<OurNode> = None;
+    // The command may start only with a confirmation younger than half the threshold (below);
+    // a woken waiter refreshes one older than a quarter of it while it lists.
+    let pace = lock::Pace { heartbeat: budget.heartbeat, recheck_after: budget.threshold / 4 };
 
     let end = {
         let acquire = async {
             let node = recipe.create(&data).await?;
             created = Some(node.clone());
-            recipe.wait_turn(&node, args.no_wait).await
+            recipe.wait_turn(&node, args.no_wait, pace).await
         };
         tokio::select! {
             r = acquire => WaitEnd::Done(r),
@@ -279,15 +282,15 @@ async fn hold(
     };
     let node = created.clone().expect("an acquired lock has a node");
 
-    // t_ok: the create was validated by the leader after it was sent. If that is not recent
-    // (we waited, or a reconnect delayed the listing), confirm through the leader again before
-    // starting the command: it must never start with its deadline already close.
-    let mut t_ok = if waited { confirmed } else { Some(node.create_sent) };
+    // t_ok: the leader validated our session after this was sent (our create, or a check). If
+    // that is not recent (a long wait, or a reconnect delayed the listing), confirm through the
+    // leader again before starting the command: it must never start with its deadline close.
+    let mut t_ok = confirmed;
     let t_ok = loop {
-        match t_ok {
-            Some(t) if clock.now() < t + budget.threshold / 2 => break t,
-            _ => {}
+        if clock.now() < t_ok + budget.threshold / 2 {
+            break t_ok;
         }
+        debug!("confirming our session through the leader before starting the command");
         let sent = clock.now();
         let confirmed = lock::retry(client, || async {
             client.new_check_writer(&node.path, None)?.commit().await.map_err(zookeeper_client::Error::from)
@@ -300,7 +303,7 @@ async fn hold(
             }
             bail!("lost the lock before the command could start: {e}");
         }
-        t_ok = Some(sent);
+        t_ok = sent;
     };
 
     // Record when a waiter acquired, for `zklock status`. Informational only: its reply is

@@ -152,6 +152,32 @@ fn hold(lock: &str, dir: &TempDir, name: &str) -> (std::process::Child, std::pat
 }
 
 #[test]
+fn only_the_waiter_next_in_line_heartbeats_and_starts_without_another_check() {
+    let lock = unique_lock_path("next-in-line");
+    let dir = TempDir::new().unwrap();
+    let (mut holder, go) = hold(&lock, &dir, "holder");
+    let zk = shared();
+    // Short sessions: a 200 ms heartbeat, and a wait far longer than the freshness rule allows.
+    let opts = ["-vv", "--session-timeout", "2s"];
+    let first = run_shared(&lock, &opts, &["true"]).stderr(Stdio::piped()).spawn().unwrap();
+    zk.wait_children(&lock, 2);
+    let second = run_shared(&lock, &opts, &["true"]).stderr(Stdio::piped()).spawn().unwrap();
+    zk.wait_children(&lock, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(code(wait_status(&mut holder)), 0);
+    let (first, second) = (wait_output(first), wait_output(second));
+    assert_eq!((code(first.status), code(second.status)), (0, 0), "{}\n{}", stderr(&first), stderr(&second));
+    let beats = |out: &std::process::Output| stderr(out).matches("next in line: our session confirmed").count();
+    // The first waiter kept its confirmation fresh for two seconds, so the handoff needed no
+    // write of its own; the second waited behind it and was next in line only briefly.
+    assert!(beats(&first) >= 4, "{}", stderr(&first));
+    assert!(!stderr(&first).contains("before starting the command"), "{}", stderr(&first));
+    assert!(beats(&second) <= 2, "only the waiter next in line heartbeats: {}", stderr(&second));
+    assert!(zk.children(&lock).is_empty());
+}
+
+#[test]
 fn conflict_exit_codes_for_no_wait_and_wait() {
     let zk = shared();
     let lock = unique_lock_path("conflict");
