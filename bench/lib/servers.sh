@@ -20,8 +20,8 @@ zk_4lw() { # zk_4lw PORT WORD
 
 record_pid() { echo "$2" >"$BENCH_WORK/pids/$1"; }
 
-start_zookeeper() { # start_zookeeper PORT TICK_MS
-    local port=$1 tick=$2 dir="$BENCH_WORK/zk"
+start_zookeeper() { # start_zookeeper PORT TICK_MS FSYNC(yes|no)
+    local port=$1 tick=$2 fsync=${3:-yes} dir="$BENCH_WORK/zk"
     port_free "$port" || { echo "bench: port $port is in use; pick another with --zk-port" >&2; return 1; }
     mkdir -p "$dir/data"
     cat >"$dir/zoo.cfg" <<CFG
@@ -33,6 +33,7 @@ admin.enableServer=false
 4lw.commands.whitelist=*
 # The scale figure runs 1000+ sessions from 127.0.0.1 (the default allows 60 per address).
 maxClientCnxns=0
+forceSync=$fsync
 CFG
     java -Xmx1g -XX:+UseSerialGC -Dzookeeper.preAllocSize=1024 -cp "$(zk_classpath)" \
         org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/zookeeper.log" 2>&1 &
