@@ -254,8 +254,11 @@ impl<'a, C: Clock> Recipe<'a, C> {
     }
 
     /// Step 1 and 2: create our node, creating container parents on NoNode, recovering a node
-    /// whose create reply was lost.
-    pub async fn create(&self, data: &[u8]) -> Result<OurNode> {
+    /// whose create reply was lost. A listing of the directory is sent right behind the create:
+    /// the server answers a session's requests in order, so when the create succeeds the
+    /// listing was taken after it, and saves step 3 a round trip. It is `None` when it failed
+    /// or the node was recovered; step 3 then lists on its own.
+    pub async fn create(&self, data: &[u8]) -> Result<(OurNode, Option<Vec<String>>)> {
         let prefix = self.prefix();
         let mut last_err = None;
         // A node found after a lost reply may come from any earlier attempt: credit the
@@ -263,11 +266,14 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let first_sent = self.clock.now();
         for _ in 0..CREATE_ATTEMPTS {
             let sent = first_sent;
-            match self.client.create(&prefix, data, &ephemeral_sequential()).await {
+            let creating = self.client.create(&prefix, data, &ephemeral_sequential());
+            let listing = self.client.list_children(self.lock);
+            match creating.await {
                 Ok((stat, seq)) => {
                     let path = format!("{prefix}{seq}");
                     let name = path[self.lock.len() + 1..].to_owned();
-                    return Ok(OurNode { path, name, czxid: stat.czxid, create_sent: sent });
+                    let node = OurNode { path, name, czxid: stat.czxid, create_sent: sent };
+                    return Ok((node, listing.await.ok()));
                 }
                 Err(zookeeper_client::Error::NoNode) => {
                     debug!("{} does not exist; creating it as a container", self.lock);
@@ -285,7 +291,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                     warn!("connection lost while creating the lock node ({e}); looking for it after reconnecting");
                     wait_connected(self.client).await.context("while recovering the lock node")?;
                     if let Some(node) = self.find_ours(sent).await? {
-                        return Ok(node);
+                        return Ok((node, None));
                     }
                     last_err = Some(e);
                 }
@@ -334,11 +340,15 @@ impl<'a, C: Clock> Recipe<'a, C> {
         Ok(adopted)
     }
 
-    /// Step 3: our place in the queue, from one listing.
-    pub async fn turn(&self, node: &OurNode) -> Result<Turn> {
-        let children = retry(self.client, || self.client.list_children(self.lock))
-            .await
-            .with_context(|| format!("cannot list {}", self.lock))?;
+    /// Step 3: our place in the queue, from one listing: `listed` if it was taken after our
+    /// node was created, else a new one.
+    pub async fn turn(&self, node: &OurNode, listed: Option<Vec<String>>) -> Result<Turn> {
+        let children = match listed {
+            Some(children) => children,
+            None => retry(self.client, || self.client.list_children(self.lock))
+                .await
+                .with_context(|| format!("cannot list {}", self.lock))?,
+        };
         let queue = queue(self.lock, &children)?;
         let Some(pos) = queue.iter().position(|c| c.name == node.name) else {
             bail!("our lock node {} vanished while waiting (deleted by someone, or the session was lost)", node.path);
@@ -357,7 +367,13 @@ impl<'a, C: Clock> Recipe<'a, C> {
     /// recorded that it acquired) sends the holder's heartbeat while it waits, so that when it
     /// is woken only the listing stands between the release and the command. A waiter woken
     /// with an older confirmation sends a check together with the listing.
-    pub async fn wait_turn(&self, node: &OurNode, no_wait: bool, pace: Pace) -> Result<Acquired> {
+    pub async fn wait_turn(
+        &self,
+        node: &OurNode,
+        mut listed: Option<Vec<String>>,
+        no_wait: bool,
+        pace: Pace,
+    ) -> Result<Acquired> {
         let mut waited = false;
         let mut told = usize::MAX;
         let confirmed = Cell::new(node.create_sent);
@@ -368,7 +384,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 let sent = self.clock.now();
                 (sent, self.client.new_check_writer(&node.path, None).map(|writer| writer.commit()))
             });
-            let turn = self.turn(node).await?;
+            let turn = self.turn(node, listed.take()).await?;
             if let Some((sent, Ok(commit))) = check {
                 if commit.await.is_ok() {
                     confirmed.set(confirmed.get().max(sent));

@@ -157,10 +157,14 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
         };
         let result = hold(&client, &args, &program, &mut signals, wait_deadline, started_at, t0).await;
         let (result, deleting) = match result {
-            Ok(Held { code, deleting }) => (Ok(code), deleting),
-            Err(e) => (Err(e), None),
+            Ok(Held { code, deleting, guard }) => (Ok(code), (deleting, guard)),
+            Err(e) => (Err(e), (None, None)),
         };
+        let (deleting, guard) = deleting;
         close(client, deleting).await;
+        // Disarmed, so it exits by itself; reaping it waits for that, which must not hold up
+        // the delete on the way to the server (the next holder waits for it).
+        drop(guard);
         match result {
             Err(e) if e.is::<ExpiredWhileWaiting>() => {
                 warn!(
@@ -193,15 +197,17 @@ async fn abandon<C: Clock>(recipe: &Recipe<'_, C>, created: Option<&OurNode>) {
 /// queued behind it.
 type PendingDelete = (String, Pin<Box<dyn Future<Output = Result<(), zookeeper_client::Error>> + Send>>);
 
-/// How `hold` ended: the exit status, and the delete of our node if it is still in flight.
+/// How `hold` ended: the exit status, the delete of our node if it is still in flight, and
+/// the disarmed guard process, to be reaped once the release is done.
 struct Held {
     code: u8,
     deleting: Option<PendingDelete>,
+    guard: Option<child::Guard>,
 }
 
 impl From<u8> for Held {
     fn from(code: u8) -> Held {
-        Held { code, deleting: None }
+        Held { code, deleting: None, guard: None }
     }
 }
 
@@ -235,9 +241,9 @@ async fn hold(
 
     let end = {
         let acquire = async {
-            let node = recipe.create(&data).await?;
+            let (node, listed) = recipe.create(&data).await?;
             created = Some(node.clone());
-            recipe.wait_turn(&node, args.no_wait, pace).await
+            recipe.wait_turn(&node, listed, args.no_wait, pace).await
         };
         tokio::select! {
             r = acquire => WaitEnd::Done(r),
@@ -364,11 +370,12 @@ async fn hold(
             sig = signals.recv_terminating() => debug!("got {sig}; releasing before --min-hold"),
         }
     }
+    // Stopped first: stopped after the delete, the client sends the removal of the watch on
+    // our node after the session's close, and reconnects for it.
     monitor.stop().await;
     // Sent now; its reply is awaited once the session's close is queued behind it (the server
     // applies both in order), which saves a round trip on every release.
     let deleting: PendingDelete = (node.path.clone(), Box::pin(client.delete(&node.path, None)));
-    drop(guard); // reaped now that the delete is on its way
 
     let code = match (loss, status) {
         (Some(why), _) => {
@@ -381,5 +388,5 @@ async fn hold(
         (None, Ok(status)) => exit::from_child(status),
         (None, Err(e)) => bail!("lost track of the command: {e}"),
     };
-    Ok(Held { code, deleting: Some(deleting) })
+    Ok(Held { code, deleting: Some(deleting), guard })
 }
