@@ -178,6 +178,41 @@ fn only_the_waiter_next_in_line_heartbeats_and_starts_without_another_check() {
 }
 
 #[test]
+fn the_first_listing_is_sent_behind_the_create_not_after_its_reply() {
+    use crate::support::proxy::{op, Mode, Proxy};
+    let zk = shared_zk();
+    let lock = unique_lock_path("pipelined");
+    // Every chunk takes 100 ms each way: a listing that waited for the create's reply would
+    // leave the client 200 ms after the create did.
+    let proxy = Proxy::to_port("pipelined", zk.port());
+    proxy.set_mode(Mode::Latency(Duration::from_millis(100)));
+    let out = output(run_cmd(&proxy.connect_string(), zk.tick(), &lock, &[], &["true"]));
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    // The first create finds no parent (NoNode) and zklock makes it; the second succeeds.
+    let create = proxy
+        .replies()
+        .into_iter()
+        .find(|r| (r.op == op::CREATE2 || r.op == op::CREATE) && r.err == 0)
+        .expect("a successful create went through the proxy");
+    let listings: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|&(o, t)| (o == op::GET_CHILDREN || o == op::GET_CHILDREN2) && t >= create.sent)
+        .map(|(_, t)| t)
+        .collect();
+    let first = *listings.first().expect("a listing after the create");
+    assert!(
+        first < create.replied,
+        "the listing left {:?} after the create, but its reply was delivered after {:?}",
+        first - create.sent,
+        create.replied - create.sent
+    );
+    // One listing after the successful create was enough: the lock was free.
+    assert_eq!(listings.len(), 1, "{listings:?}");
+    assert!(shared().children(&lock).is_empty());
+}
+
+#[test]
 fn conflict_exit_codes_for_no_wait_and_wait() {
     let zk = shared();
     let lock = unique_lock_path("conflict");

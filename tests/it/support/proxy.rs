@@ -24,6 +24,8 @@ use super::{ZkEnsemble, ZkOptions, READY_TIMEOUT};
 pub mod op {
     pub const CREATE: i32 = 1;
     pub const DELETE: i32 = 2;
+    pub const GET_CHILDREN: i32 = 8;
+    pub const GET_CHILDREN2: i32 = 12;
     pub const MULTI: i32 = 14;
     pub const CREATE2: i32 = 15;
     pub const CREATE_CONTAINER: i32 = 19;
@@ -559,6 +561,11 @@ impl Proxy {
             found.is_some()
         });
         found.unwrap()
+    }
+
+    /// Every request read from clients so far (held or not): opcode, and when it was read.
+    pub fn requests(&self) -> Vec<(i32, Instant)> {
+        self.shared.state().requests.clone()
     }
 
     /// Waits (up to `patience`) until the client sent a request with opcode `op` at or after
