@@ -30,6 +30,8 @@ pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
         }
     };
     let quiet = cli.quiet;
+    // `status -q` prints nothing at all, errors included: its exit status (125) speaks.
+    let silent = quiet && matches!(cli.command, cli::Command::Status(_));
     let result = runtime.block_on(async move {
         match cli.command {
             cli::Command::Run(args) => run::run(args, started_at, t0).await,
@@ -42,7 +44,9 @@ pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            crate::exit::say(format_args!("zklock: error: {e:#}"));
+            if !silent {
+                crate::exit::say(format_args!("zklock: error: {e:#}"));
+            }
             exit::FAILURE
         }
     }

@@ -319,14 +319,16 @@ pub fn render_text(r: &LockReport) -> String {
     let contenders: Vec<&Contender> = r.holder.iter().chain(r.waiters.iter()).collect();
     if !contenders.is_empty() {
         let dash = || "-".to_string();
-        let mut rows = vec![["POS", "STATE", "FOR", "HOST", "PID", "USER", "COMMAND", "LABEL", "TOKEN", "SESSION"]
-            .map(String::from)
-            .to_vec()];
+        let mut rows =
+            vec![["POS", "STATE", "FOR", "JOINED", "HOST", "PID", "USER", "COMMAND", "LABEL", "TOKEN", "SESSION"]
+                .map(String::from)
+                .to_vec()];
         for c in contenders {
             rows.push(vec![
                 c.position.to_string(),
                 if c.position == 0 { "holding" } else { "waiting" }.into(),
                 compact(c.seconds),
+                format!("{} ago", compact(c.joined_seconds_ago)),
                 c.host.clone().unwrap_or_else(dash),
                 c.pid.map_or_else(dash, |p| p.to_string()),
                 c.user.clone().unwrap_or_else(dash),
@@ -411,7 +413,11 @@ async fn snapshot(client: &Client, args: &StatusArgs, quiet: bool) -> Result<u8>
             text
         } else if args.recursive {
             if reports.is_empty() {
-                format!("no locks below {}\n", args.locks[0])
+                let root = &args.locks[0];
+                match lock::retry(client, || client.check_stat(root)).await {
+                    Ok(None) => format!("no locks below {root} (no such path)\n"),
+                    _ => format!("no locks below {root}\n"),
+                }
             } else {
                 render_recursive(&reports)
             }

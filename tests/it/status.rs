@@ -97,6 +97,13 @@ fn holder_and_waiters_in_queue_order_text_and_json() {
         .map(|l| text.find(l).unwrap_or_else(|| panic!("{l} missing: {text}")))
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "queue order: {text}");
+    // Each row of the table carries its contender's pid, in queue order, and when it joined.
+    assert!(text.lines().nth(1).is_some_and(|h| h.contains(" FOR ") && h.contains(" JOINED ")), "{text}");
+    let rows: Vec<&str> = text.lines().skip(2).collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for (row, pid) in rows.iter().zip(&pids) {
+        assert!(row.split_whitespace().any(|f| f == pid.to_string()), "pid {pid} missing in {row:?}: {text}");
+    }
 
     // The second in line acquires once the holder leaves, and status shows it.
     let mut holders = holders.into_iter();
@@ -176,6 +183,9 @@ fn exit_statuses_for_scripts() {
     assert_eq!(stdout(&out), format!("{lock}: free (no such lock path)\n"));
     let doc = json(&[&lock]);
     assert_eq!((doc["locks"][0]["exists"].as_bool(), doc["locks"][0]["held"].as_bool()), (Some(false), Some(false)));
+    let out = status(&["--recursive", &lock]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), format!("no locks below {lock} (no such path)\n"));
 
     let holder = Holder::start(&lock, &dir, "h", "x");
     shared().wait_children(&lock, 1);
@@ -198,6 +208,9 @@ fn exit_statuses_for_scripts() {
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
         assert_eq!(stderr(&out).lines().count(), 1);
     }
+    // -q prints nothing, errors included: the status says it.
+    let out = status(&["-q", "-z", "127.0.0.1:1", "--connect-timeout", "300ms", "/x"]);
+    assert_eq!((out.status.code(), stdout(&out).as_str(), stderr(&out).as_str()), (Some(125), "", ""));
 }
 
 #[test]
