@@ -67,6 +67,7 @@ fn stdout_is_the_commands_and_stderr_is_quiet() {
     assert_eq!(stdout(&out), "hello a  b\n");
     assert_eq!(stderr(&out), "");
     assert!(out.status.success());
+    assert!(shared().children(&lock).is_empty());
 }
 
 #[test]
@@ -80,6 +81,7 @@ fn stdin_is_the_commands() {
     let out = wait_output(child);
     assert_eq!(stdout(&out), "from stdin\n");
     assert!(out.status.success());
+    assert!(shared().children(&lock).is_empty());
 }
 
 #[test]
@@ -678,6 +680,7 @@ fn a_closed_stderr_does_not_change_the_exit_status() {
     let mut child = cmd.spawn().unwrap();
     drop(child.stderr.take());
     assert_eq!(code(wait_status(&mut child)), 3);
+    assert!(shared().children(&lock).is_empty());
 }
 
 #[test]
