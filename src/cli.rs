@@ -48,7 +48,7 @@ pub const RUN_EXIT_STATUS: DocSection = DocSection {
         ("128+N", "the command died of signal N (or zklock got signal N while waiting for the lock)"),
         ("75", "lock not acquired: --no-wait found it held, or --wait ran out (change with -E)"),
         ("124", "the lock was lost while the command ran, and zklock stopped it (never 0 after a loss)"),
-        ("125", "zklock failed: usage, bad lock path, no server, ACL, budget that does not fit"),
+        ("125", "zklock failed: usage, bad lock path, no server, ACL, budget that does not fit, unknown node in the lock directory"),
         ("126", "the command is not executable"),
         ("127", "the command was not found"),
     ],
@@ -101,7 +101,6 @@ pub const STATUS_EXAMPLES: Examples = Examples(&[
     ("the holder's host, for a script", "zklock status --json /locks/deploy/prod | jq -r '.locks[0].holder.host'"),
     ("every lock of the fleet, one line each", "zklock status --recursive /locks"),
     ("is the ETL running?", "zklock status -q /locks/etl && echo 'ETL is running'"),
-    ("follow a lock's holders and queue", "zklock status --watch /locks/deploy/prod"),
 ]);
 
 pub const TOP_EXAMPLES: Examples = Examples(&[
@@ -115,8 +114,8 @@ pub const SAFETY_BRIEF: &str =
     "While holding, zklock sends a heartbeat every T/10 (T: the negotiated session timeout): \
 a check-only multi on its own lock node, which the ZooKeeper leader must validate. From the send time of the last \
 confirmed heartbeat (t_ok, on CLOCK_BOOTTIME), the command must be dead by D = t_ok + T*(1-1%) - (tick + T/10). \
-zklock sends SIGKILL to the command's process group at D - 400ms and the stop signal (--kill-signal) --grace \
-earlier; that offset from t_ok is the disconnect threshold. A session expiry, a deleted lock node, or a node owned \
+zklock sends the stop signal (--kill-signal) to the command's process group at t_ok + the disconnect threshold \
+and SIGKILL --grace later, never later than D - 400ms (with the defaults, exactly then). A session expiry, a deleted lock node, or a node owned \
 by another session after a reconnect stops the command at once. A threshold or grace that does not fit is refused \
 with the arithmetic. Where zklock itself cannot act (the host paused), ZKLOCK_FENCING_TOKEN lets the protected \
 resource refuse a stale holder.";

@@ -81,14 +81,15 @@ fn generated() -> Vec<(&'static str, Vec<u8>)> {
 
     let zklock = page(top.clone(), "ZKLOCK", |r| {
         r.control("SH", ["EXIT STATUS"]);
-        r.text([
-            roman("See "),
-            bold("zklock-run"),
-            roman("(1) and "),
-            bold("zklock-status"),
-            roman("(1). Usage errors exit 125."),
-        ]);
-        section(r, "ENVIRONMENT", &cli::ENV_READ);
+        r.text([italic("zklock run")]);
+        rows(r, &cli::RUN_EXIT_STATUS);
+        r.control("PP", []).text([italic("zklock status")]);
+        rows(r, &cli::STATUS_EXIT_STATUS);
+        r.control("SH", ["ENVIRONMENT"]);
+        r.text([italic(cli::RUN_ENV_GIVEN.title)]);
+        rows(r, &cli::RUN_ENV_GIVEN);
+        r.control("PP", []).text([italic(cli::ENV_READ.title)]);
+        rows(r, &cli::ENV_READ);
         examples(r, &cli::TOP_EXAMPLES);
         safety(r);
         see_also(r, &["zklock-run", "zklock-status", "flock"]);
@@ -115,6 +116,7 @@ fn generated() -> Vec<(&'static str, Vec<u8>)> {
              label, command, zklock_version and data. The README documents every field.",
         )]);
         examples(r, &cli::STATUS_EXAMPLES);
+        safety(r);
         see_also(r, &["zklock", "zklock-run"]);
     });
 
@@ -154,9 +156,21 @@ fn generated_docs_are_current() {
 #[test]
 fn man_pages_render_cleanly_with_the_documented_sections() {
     for (rel, needles) in [
-        ("man/zklock.1", &["SUBCOMMANDS", "ENVIRONMENT", "ZKLOCK_ZK", "SAFETY MODEL", "EXAMPLES"][..]),
+        (
+            "man/zklock.1",
+            &[
+                "SUBCOMMANDS",
+                "EXIT STATUS",
+                "124",
+                "ENVIRONMENT",
+                "ZKLOCK_ZK",
+                "ZKLOCK_FENCING_TOKEN",
+                "SAFETY MODEL",
+                "EXAMPLES",
+            ][..],
+        ),
         ("man/zklock-run.1", &["EXIT STATUS", "124", "ZKLOCK_FENCING_TOKEN", "--disconnect-threshold", "SAFETY MODEL"]),
-        ("man/zklock-status.1", &["EXIT STATUS", "--recursive", "JSON OUTPUT", "EXAMPLES"]),
+        ("man/zklock-status.1", &["EXIT STATUS", "--recursive", "JSON OUTPUT", "EXAMPLES", "SAFETY MODEL"]),
     ] {
         let page = root().join(rel);
         // man -l renders the page as a user sees it; warnings from groff go to stderr.
