@@ -500,12 +500,13 @@ fn server_frozen_past_the_threshold_stops_the_command_at_the_deadline() {
     let ready = dir.path().join("ready");
     let termed = dir.path().join("termed");
     let script = r#"trap 'echo TERM > "$2"; exit 0' TERM; echo $$ > "$1"; while :; do sleep 0.02; done"#;
-    // T = 4 s, tick 500 ms: threshold about 1.9 s after the last confirmed heartbeat.
+    // T = 4 s, tick 500 ms, heartbeat every 400 ms: the stop signal 2 s after the last
+    // confirmed heartbeat (the budget allows up to 2.66 s), long before the session expires.
     let child = run_cmd(
         &server.connect_string(),
         server.tick(),
         lock,
-        &["--session-timeout", "4s"],
+        &["--session-timeout", "4s", "--disconnect-threshold", "2s"],
         &["sh", "-c", script, "sh", ready.to_str().unwrap(), termed.to_str().unwrap()],
     )
     .stderr(Stdio::piped())
@@ -513,10 +514,15 @@ fn server_frozen_past_the_threshold_stops_the_command_at_the_deadline() {
     .unwrap();
     read_pid(&ready);
     drop(zk);
+    let frozen = std::time::Instant::now();
     server.freeze();
-    // The stop signal must arrive while the server is still frozen.
+    // The stop signal must arrive while the server is still frozen...
     wait_for_file_line(&termed, "TERM", PATIENCE);
+    let after = frozen.elapsed();
     server.thaw();
+    // ...and not before the deadline: the last heartbeat confirmed before the freeze was sent
+    // at most one period (400 ms, and its reply's trip) before it.
+    assert!(after >= Duration::from_millis(2000 - 400 - 200), "stop signal only {after:?} after the freeze");
     let out = wait_output(child);
     assert_eq!(code(out.status), 124, "{}", stderr(&out));
     assert!(stderr(&out).contains("no heartbeat confirmed"), "{}", stderr(&out));
