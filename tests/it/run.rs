@@ -331,7 +331,7 @@ fn whole_group_is_killed_after_grace_when_it_ignores_the_stop_signal() {
     let termed = dir.path().join("termed");
     // Leader and grandchild both ignore TERM (the grandchild records that it got it).
     let script = r#"
-        sh -c 'trap "echo TERM >> $2" TERM; echo $$ > "$1"; while :; do sleep 0.02; done' sh "$2" "$3" &
+        sh -c 'trap "echo TERM \$(date +%s%N) >> $2" TERM; echo $$ > "$1"; while :; do sleep 0.02; done' sh "$2" "$3" &
         trap '' TERM
         echo $$ > "$1"
         while :; do sleep 0.02; done"#;
@@ -356,8 +356,14 @@ fn whole_group_is_killed_after_grace_when_it_ignores_the_stop_signal() {
     let nodes = zk.children(&lock);
     zk.delete(&format!("{lock}/{}", nodes[0]));
     assert_eq!(code(wait_status(&mut child)), 124);
-    // The stop signal reached the grandchild (same group), and SIGKILL ended both.
-    assert!(std::fs::read_to_string(&termed).unwrap().contains("TERM"));
+    let exited = std::time::SystemTime::now();
+    // The stop signal reached the grandchild (same group), and SIGKILL ended both, not before
+    // the grace: zklock exits only after the group is gone.
+    let termed = std::fs::read_to_string(&termed).unwrap();
+    let ns: u64 = termed.split_whitespace().nth(1).and_then(|t| t.parse().ok()).expect(&termed);
+    let term_at = std::time::UNIX_EPOCH + Duration::from_nanos(ns);
+    let grace_seen = exited.duration_since(term_at).unwrap_or_default();
+    assert!(grace_seen >= Duration::from_millis(450), "zklock exited {grace_seen:?} after the stop signal");
     support::wait_until(PATIENCE, "the group to be gone", || !alive(leader) && !alive(grandchild));
     assert!(zk.children(&lock).is_empty());
 }
