@@ -358,12 +358,13 @@ fn whole_group_is_killed_after_grace_when_it_ignores_the_stop_signal() {
     assert_eq!(code(wait_status(&mut child)), 124);
     let exited = std::time::SystemTime::now();
     // The stop signal reached the grandchild (same group), and SIGKILL ended both, not before
-    // the grace: zklock exits only after the group is gone.
+    // the grace: zklock exits only after the group is gone. (The trap runs after the current
+    // `sleep 0.02` and a fork of date: the stamp may be late, never early; hence the margin.)
     let termed = std::fs::read_to_string(&termed).unwrap();
     let ns: u64 = termed.split_whitespace().nth(1).and_then(|t| t.parse().ok()).expect(&termed);
     let term_at = std::time::UNIX_EPOCH + Duration::from_nanos(ns);
     let grace_seen = exited.duration_since(term_at).unwrap_or_default();
-    assert!(grace_seen >= Duration::from_millis(450), "zklock exited {grace_seen:?} after the stop signal");
+    assert!(grace_seen >= Duration::from_millis(300), "zklock exited {grace_seen:?} after the stop signal");
     support::wait_until(PATIENCE, "the group to be gone", || !alive(leader) && !alive(grandchild));
     assert!(zk.children(&lock).is_empty());
 }
