@@ -28,6 +28,10 @@ const CURATOR_LOCK: &str = "-lock-";
 /// How many times a NoNode on create (a container parent reaped under us) is retried.
 const CREATE_ATTEMPTS: usize = 10;
 
+/// A listing of the lock directory already sent, its reply still to come.
+pub type Listing<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Vec<String>, zookeeper_client::Error>> + Send + 'a>>;
+
 /// The kind of a lock-directory child, by its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeKind {
@@ -256,9 +260,10 @@ impl<'a, C: Clock> Recipe<'a, C> {
     /// Step 1 and 2: create our node, creating container parents on NoNode, recovering a node
     /// whose create reply was lost. A listing of the directory is sent right behind the create:
     /// the server answers a session's requests in order, so when the create succeeds the
-    /// listing was taken after it, and saves step 3 a round trip. It is `None` when it failed
-    /// or the node was recovered; step 3 then lists on its own.
-    pub async fn create(&self, data: &[u8]) -> Result<(OurNode, Option<Vec<String>>)> {
+    /// listing was taken after it, and saves step 3 a round trip. It is returned unawaited, so
+    /// that the caller knows its node (to delete it if it gives up) as soon as the create's
+    /// reply is in; `None` when the node was recovered, and step 3 then lists on its own.
+    pub async fn create(&self, data: &[u8]) -> Result<(OurNode, Option<Listing<'a>>)> {
         let prefix = self.prefix();
         let mut last_err = None;
         // A node found after a lost reply may come from any earlier attempt: credit the
@@ -273,7 +278,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                     let path = format!("{prefix}{seq}");
                     let name = path[self.lock.len() + 1..].to_owned();
                     let node = OurNode { path, name, czxid: stat.czxid, create_sent: sent };
-                    return Ok((node, listing.await.ok()));
+                    return Ok((node, Some(Box::pin(listing))));
                 }
                 Err(zookeeper_client::Error::NoNode) => {
                     debug!("{} does not exist; creating it as a container", self.lock);
@@ -340,9 +345,13 @@ impl<'a, C: Clock> Recipe<'a, C> {
         Ok(adopted)
     }
 
-    /// Step 3: our place in the queue, from one listing: `listed` if it was taken after our
-    /// node was created, else a new one.
-    pub async fn turn(&self, node: &OurNode, listed: Option<Vec<String>>) -> Result<Turn> {
+    /// Step 3: our place in the queue, from one listing: `listed` if it was sent after our
+    /// node was created and succeeds, else a new one.
+    pub async fn turn(&self, node: &OurNode, listed: Option<Listing<'a>>) -> Result<Turn> {
+        let listed = match listed {
+            Some(listing) => listing.await.ok(),
+            None => None,
+        };
         let children = match listed {
             Some(children) => children,
             None => retry(self.client, || self.client.list_children(self.lock))
@@ -370,7 +379,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
     pub async fn wait_turn(
         &self,
         node: &OurNode,
-        mut listed: Option<Vec<String>>,
+        mut listed: Option<Listing<'a>>,
         no_wait: bool,
         pace: Pace,
     ) -> Result<Acquired> {

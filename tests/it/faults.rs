@@ -502,6 +502,9 @@ fn waiter_timing_out_during_a_partition_leaves_no_node() {
     let wait_opts = ["-v", "--session-timeout", "10s", "--wait", "3s"];
     let mut waiter = bed.spawn("waiter", &proxy.connect_string(), server.tick(), lock, &wait_opts, Hold::Beats(1));
     zk.wait_children(lock, 2);
+    // Queued, so it knows its node: cut before its create's reply came back, it could only
+    // find its node by listing, which waits for the heal (scenario 8a covers that).
+    crate::support::wait_until(PATIENCE, "the waiter to queue", || waiter.stderr().contains("waiting for"));
 
     bed.history.note("test", "partition waiter");
     let cut = Instant::now();

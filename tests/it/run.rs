@@ -391,7 +391,7 @@ fn signals_to_zklock_reach_the_commands_group() {
     let ready = dir.path().join("ready");
     let log = dir.path().join("log");
     let script = r#"
-        sh -c 'trap "echo child-USR1 >> $1" USR1; trap "exit 0" TERM; while :; do sleep 0.02; done' sh "$2" &
+        sh -c 'trap "echo child-USR1 >> $1" USR1; trap "exit 0" TERM; echo child-ready >> $1; while :; do sleep 0.02; done' sh "$2" &
         trap 'echo leader-USR1 >> "$2"' USR1
         trap 'echo leader-HUP >> "$2"' HUP
         trap 'echo leader-WINCH >> "$2"' WINCH
@@ -402,6 +402,8 @@ fn signals_to_zklock_reach_the_commands_group() {
         .spawn()
         .unwrap();
     read_pid(&ready);
+    // The background child's traps are set only when it says so (until then USR1 kills it).
+    wait_for_file_line(&log, "child-ready", PATIENCE);
     send(child.id(), Signal::SIGUSR1);
     wait_for_file_line(&log, "child-USR1", PATIENCE);
     wait_for_file_line(&log, "leader-USR1", PATIENCE);
