@@ -156,11 +156,10 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
             }
         };
         let result = hold(&client, &args, &program, &mut signals, wait_deadline, started_at, t0).await;
-        let (result, deleting) = match result {
-            Ok(Held { code, deleting, guard }) => (Ok(code), (deleting, guard)),
-            Err(e) => (Err(e), (None, None)),
+        let (result, deleting, guard) = match result {
+            Ok(Held { code, deleting, guard }) => (Ok(code), deleting, guard),
+            Err(e) => (Err(e), None, None),
         };
-        let (deleting, guard) = deleting;
         close(client, deleting).await;
         // Disarmed, so it exits by itself; reaping it waits for that, which must not hold up
         // the delete on the way to the server (the next holder waits for it).

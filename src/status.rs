@@ -233,8 +233,8 @@ async fn report_from_children(
 /// Every lock below `root`: nodes with lock-node children, and free lock directories — empty,
 /// data-less nodes that once had children (the server hides the container flag from clients,
 /// so this is how a lock directory whose last holder left looks until the server reaps it).
-/// Lock directories are not descended into.
-pub async fn find_locks(client: &Client, root: &str) -> Result<Vec<String>> {
+/// Lock directories are not descended into. `None` when `root` itself does not exist.
+pub async fn find_locks(client: &Client, root: &str) -> Result<Option<Vec<String>>> {
     let mut found = Vec::new();
     let mut todo = vec![root.to_owned()];
     let mut visited = 0;
@@ -246,7 +246,7 @@ pub async fn find_locks(client: &Client, root: &str) -> Result<Vec<String>> {
         let (mut children, stat) = match lock::retry(client, || client.get_children(&path)).await {
             Ok(r) => r,
             Err(zookeeper_client::Error::NoNode) if path != root => continue,
-            Err(zookeeper_client::Error::NoNode) => return Ok(found),
+            Err(zookeeper_client::Error::NoNode) => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot list {path}")),
         };
         let is_lock = children.iter().any(|c| classify(c).is_some())
@@ -264,7 +264,7 @@ pub async fn find_locks(client: &Client, root: &str) -> Result<Vec<String>> {
         }
     }
     found.sort();
-    Ok(found)
+    Ok(Some(found))
 }
 
 fn compact(seconds: f64) -> String {
@@ -400,7 +400,15 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
 
 async fn snapshot(client: &Client, args: &StatusArgs, quiet: bool) -> Result<u8> {
     let now = SystemTime::now();
-    let paths = if args.recursive { find_locks(client, &args.locks[0]).await? } else { args.locks.clone() };
+    // With --recursive: whether the root exists, as the walk found it.
+    let (paths, root_exists) = if args.recursive {
+        match find_locks(client, &args.locks[0]).await? {
+            Some(found) => (found, true),
+            None => (Vec::new(), false),
+        }
+    } else {
+        (args.locks.clone(), true)
+    };
     let mut reports = Vec::with_capacity(paths.len());
     for p in &paths {
         reports.push(inspect(client, p, now).await?);
@@ -413,11 +421,8 @@ async fn snapshot(client: &Client, args: &StatusArgs, quiet: bool) -> Result<u8>
             text
         } else if args.recursive {
             if reports.is_empty() {
-                let root = &args.locks[0];
-                match lock::retry(client, || client.check_stat(root)).await {
-                    Ok(None) => format!("no locks below {root} (no such path)\n"),
-                    _ => format!("no locks below {root}\n"),
-                }
+                let missing = if root_exists { "" } else { " (no such path)" };
+                format!("no locks below {}{missing}\n", args.locks[0])
             } else {
                 render_recursive(&reports)
             }
