@@ -15,6 +15,7 @@ pub mod session;
 pub mod signals;
 pub mod status;
 pub mod supervise;
+pub mod zk;
 
 use std::time::{Instant, SystemTime};
 

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tracing::{debug, info, warn};
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType, SessionState};
+use zookeeper_client::{Acls, Client, CreateMode, EventType};
+
+use crate::zk::{is_connection_failure, retry, wait_connected};
 
 use crate::clock::Clock;
 
@@ -190,63 +192,13 @@ pub struct Recipe<'a, C: Clock> {
     lock: &'a str,
     uuid: String,
     clock: C,
-}
-
-fn ephemeral_sequential() -> CreateOptions<'static> {
-    CreateMode::EphemeralSequential.with_acls(Acls::anyone_all())
-}
-
-fn container() -> CreateOptions<'static> {
-    CreateMode::Container.with_acls(Acls::anyone_all())
-}
-
-/// Waits until the session is connected again after a ConnectionLoss; fails if it ended.
-pub async fn wait_connected(client: &Client) -> Result<(), zookeeper_client::Error> {
-    let mut watcher = client.state_watcher();
-    loop {
-        match watcher.peek_state() {
-            SessionState::SyncConnected | SessionState::ConnectedReadOnly => return Ok(()),
-            SessionState::Expired => return Err(zookeeper_client::Error::SessionExpired),
-            SessionState::Closed => return Err(zookeeper_client::Error::ClientClosed),
-            SessionState::AuthFailed => return Err(zookeeper_client::Error::AuthFailed),
-            SessionState::Disconnected => {
-                watcher.changed().await;
-            }
-        }
-    }
-}
-
-/// Whether a request failed because its connection broke rather than because the server said
-/// no: zookeeper-client fails the requests in flight with ConnectionLoss on a clean close, but
-/// with a custom error on a silent partition ("no response from connection") or a reset, and
-/// with Timeout when it gives up reconnecting.
-pub fn is_connection_failure(e: &zookeeper_client::Error) -> bool {
-    matches!(e, zookeeper_client::Error::ConnectionLoss | zookeeper_client::Error::Custom(_))
-}
-
-/// Runs `op`, and again after each connection failure once the session is connected again.
-pub async fn retry<T, F, Fut>(client: &Client, mut op: F) -> Result<T, zookeeper_client::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, zookeeper_client::Error>>,
-{
-    loop {
-        match op().await {
-            Err(e) if is_connection_failure(&e) => {
-                debug!("connection lost during a request; retrying once reconnected");
-                wait_connected(client).await?;
-                // The state flips before pending requests fail; a short pause avoids spinning
-                // if a reply and a reconnect race.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            other => return other,
-        }
-    }
+    /// The ACL of the nodes this recipe creates: our lock node and missing parents.
+    acl: Acls<'static>,
 }
 
 impl<'a, C: Clock> Recipe<'a, C> {
-    pub fn new(client: &'a Client, lock: &'a str, clock: C) -> Self {
-        Recipe { client, lock, uuid: uuid::Uuid::new_v4().hyphenated().to_string(), clock }
+    pub fn new(client: &'a Client, lock: &'a str, acl: Acls<'static>, clock: C) -> Self {
+        Recipe { client, lock, uuid: uuid::Uuid::new_v4().hyphenated().to_string(), clock, acl }
     }
 
     fn prefix(&self) -> String {
@@ -271,7 +223,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let first_sent = self.clock.now();
         for _ in 0..CREATE_ATTEMPTS {
             let sent = first_sent;
-            let creating = self.client.create(&prefix, data, &ephemeral_sequential());
+            let creating = self.client.create(&prefix, data, &CreateMode::EphemeralSequential.with_acls(self.acl));
             let listing = self.client.list_children(self.lock);
             match creating.await {
                 Ok((stat, seq)) => {
@@ -282,7 +234,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 }
                 Err(zookeeper_client::Error::NoNode) => {
                     debug!("{} does not exist; creating it as a container", self.lock);
-                    let parents = container();
+                    let parents = CreateMode::Container.with_acls(self.acl);
                     match retry(self.client, || self.client.mkdir(self.lock, &parents)).await {
                         Ok(()) => {}
                         Err(zookeeper_client::Error::NoNode) => {

@@ -2,8 +2,7 @@
 //! path releasing what it took.
 
 use std::ffi::OsString;
-use std::future::Future;
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -12,7 +11,7 @@ use tracing::{debug, info, warn};
 use zookeeper_client::{Client, SessionState};
 
 use crate::child::{self, Child};
-use crate::cli::{ConnectArgs, RunArgs};
+use crate::cli::RunArgs;
 use crate::clock::{BootClock, Clock};
 use crate::config::{Budget, BudgetRequest};
 use crate::deadline::Enforcer;
@@ -22,78 +21,7 @@ use crate::nodedata::NodeData;
 use crate::session::{Monitor, Watchdog};
 use crate::signals::Signals;
 use crate::supervise::{Outcome, Supervisor};
-
-/// How long closing the session may take before zklock exits anyway.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Connects, within `connect_timeout`, retrying while no server answers.
-pub async fn connect(args: &ConnectArgs) -> Result<Client> {
-    let connector = Client::connector().with_session_timeout(args.session_timeout).with_fail_eagerly();
-    let deadline = tokio::time::Instant::now() + args.connect_timeout;
-    let mut last = None;
-    loop {
-        match tokio::time::timeout_at(deadline, connector.clone().connect(&args.zk)).await {
-            Ok(Ok(client)) => return Ok(client),
-            Ok(Err(e))
-                if matches!(e, zookeeper_client::Error::NoHosts | zookeeper_client::Error::Timeout)
-                    || lock::is_connection_failure(&e) =>
-            {
-                debug!("connect attempt failed: {e}");
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-            }
-            Ok(Err(zookeeper_client::Error::BadArguments(why))) => {
-                bail!("invalid connect string '{}': {why}", args.zk)
-            }
-            Ok(Err(e)) => return Err(e).with_context(|| format!("cannot connect to ZooKeeper at {}", args.zk)),
-            Err(_) => break,
-        }
-    }
-    Err(anyhow!(
-        "cannot connect to ZooKeeper at {} within {}{}",
-        args.zk,
-        humantime::format_duration(args.connect_timeout),
-        last.map(|e| format!(" (last error: {e})")).unwrap_or_default()
-    ))
-}
-
-/// Closes a session that has nothing in flight.
-pub async fn close_session(client: Client) {
-    close(client, None).await;
-}
-
-/// Closes the session and waits for the server to confirm. A delete still in flight is
-/// awaited first: the close is queued behind it. If its reply was lost with the connection,
-/// the close (retried by the client on reconnection) removes the node with the session, and
-/// is waited for as long as the session may live.
-async fn close(client: Client, deleting: Option<PendingDelete>) {
-    let session_timeout = client.session_timeout();
-    let mut watcher = client.state_watcher();
-    drop(client);
-    let mut limit = CLOSE_TIMEOUT;
-    if let Some((path, deleting)) = deleting {
-        match deleting.await {
-            Ok(()) => debug!("deleted {path}"),
-            Err(zookeeper_client::Error::NoNode | zookeeper_client::Error::SessionExpired) => {
-                debug!("{path} was already gone")
-            }
-            Err(e) => {
-                debug!("delete of {path} not confirmed ({e}); closing the session removes it");
-                limit = limit.max(session_timeout * 3 / 2);
-            }
-        }
-    }
-    if watcher.peek_state().is_terminated() {
-        return;
-    }
-    let closed = tokio::time::timeout(limit, async { while !watcher.changed().await.is_terminated() {} }).await;
-    if closed.is_err() {
-        warn!("the session did not confirm closing within {limit:?}; the server expires it");
-    }
-}
+use crate::zk::{self, ConnectOptions, PendingDelete};
 
 /// Fails fast, before touching the lock, when the command cannot be found or run.
 fn precheck_command(argv0: &OsString) -> Result<std::path::PathBuf, (u8, String)> {
@@ -135,6 +63,7 @@ async fn session_ended(client: &Client) -> SessionState {
 /// `zklock run`. Returns the exit status; `Err` is a zklock failure (125) with its message.
 pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u8> {
     lock::validate_lock_path(&args.lock)?;
+    let connect = ConnectOptions::from_args(&args.connect)?;
     let program = match precheck_command(&args.command[0]) {
         Ok(path) => path,
         Err((code, msg)) => {
@@ -147,20 +76,21 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
 
     // --wait counts from the first attempt, across re-queues after a session expiry.
     let wait_deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
+    let job = Job { args: &args, program, connect, wait_deadline, started_at, t0 };
     loop {
         let client = tokio::select! {
-            r = connect(&args.connect) => r?,
+            r = job.connect.connect() => r?,
             sig = signals.recv_terminating() => {
                 info!("got {sig} while connecting; giving up");
                 return Ok(exit::from_signal(sig as i32));
             }
         };
-        let result = hold(&client, &args, &program, &mut signals, wait_deadline, started_at, t0).await;
+        let result = hold(&client, &job, &mut signals).await;
         let (result, deleting, guard) = match result {
             Ok(Held { code, deleting, guard }) => (Ok(code), deleting, guard),
             Err(e) => (Err(e), None, None),
         };
-        close(client, deleting).await;
+        zk::close(client, deleting).await;
         // Disarmed, so it exits by itself; reaping it waits for that, which must not hold up
         // the delete on the way to the server (the next holder waits for it).
         drop(guard);
@@ -178,6 +108,18 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
     }
 }
 
+/// What a run is asked to do, fixed before the first connection.
+struct Job<'a> {
+    args: &'a RunArgs,
+    /// The command, found on PATH.
+    program: PathBuf,
+    connect: ConnectOptions,
+    /// `--wait` counts from the first attempt, across re-queues after a session expiry.
+    wait_deadline: Option<tokio::time::Instant>,
+    started_at: SystemTime,
+    t0: Instant,
+}
+
 /// The session expired before the lock was acquired: nothing was run, nothing is left; the
 /// caller may queue again with a new session.
 #[derive(Debug, thiserror::Error)]
@@ -190,11 +132,6 @@ async fn abandon<C: Clock>(recipe: &Recipe<'_, C>, created: Option<&OurNode>) {
         warn!("{e:#}");
     }
 }
-
-/// Everything that needs the session: budget, acquisition, the command, release of the node.
-/// A lock node delete that was sent but whose reply is awaited after the session's close was
-/// queued behind it.
-type PendingDelete = (String, Pin<Box<dyn Future<Output = Result<(), zookeeper_client::Error>> + Send>>);
 
 /// How `hold` ended: the exit status, the delete of our node if it is still in flight, and
 /// the disarmed guard process, to be reaped once the release is done.
@@ -210,15 +147,9 @@ impl From<u8> for Held {
     }
 }
 
-async fn hold(
-    client: &Client,
-    args: &RunArgs,
-    program: &std::path::Path,
-    signals: &mut Signals,
-    wait_deadline: Option<tokio::time::Instant>,
-    started_at: SystemTime,
-    t0: Instant,
-) -> Result<Held> {
+/// Everything that needs the session: budget, acquisition, the command, release of the node.
+async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<Held> {
+    let Job { args, ref program, wait_deadline, started_at, t0, .. } = *job;
     let clock = BootClock;
     let session_timeout = client.session_timeout();
     debug!("connected: session {} with a negotiated timeout of {session_timeout:?}", client.session_id());
@@ -232,7 +163,7 @@ async fn hold(
 
     let mut doc = NodeData::for_this_process(args.label.as_deref(), &args.command[0], started_at);
     let data = doc.to_bytes();
-    let recipe = Recipe::new(client, &args.lock, clock);
+    let recipe = Recipe::new(client, &args.lock, job.connect.acl, clock);
     let mut created: Option<OurNode> = None;
     // The command may start only with a confirmation younger than half the threshold (below);
     // a woken waiter refreshes one older than a quarter of it while it lists.
@@ -297,7 +228,7 @@ async fn hold(
         }
         debug!("confirming our session through the leader before starting the command");
         let sent = clock.now();
-        let confirmed = lock::retry(client, || async {
+        let confirmed = zk::retry(client, || async {
             client.new_check_writer(&node.path, None)?.commit().await.map_err(zookeeper_client::Error::from)
         })
         .await;

@@ -242,7 +242,7 @@ async fn heartbeats<C: Clock>(
 /// A data watch on our own node: its deletion is a lost lock. Re-armed after other events.
 async fn watch_node(client: Client, path: String, tx: mpsc::UnboundedSender<Event>) {
     loop {
-        let watcher = match crate::lock::retry(&client, || client.get_and_watch_data(&path)).await {
+        let watcher = match crate::zk::retry(&client, || client.get_and_watch_data(&path)).await {
             Ok((_, _, watcher)) => watcher,
             Err(zookeeper_client::Error::NoNode) => {
                 let _ = tx.send(Event::Lost(Loss::NodeDeleted));

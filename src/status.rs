@@ -133,7 +133,7 @@ fn kind_name(kind: NodeKind, ours: bool) -> &'static str {
 async fn read_all(client: &Client, paths: &[String]) -> Result<Vec<Option<(Vec<u8>, Stat)>>> {
     let mut out = Vec::with_capacity(paths.len());
     for batch in paths.chunks(READ_BATCH) {
-        let results = lock::retry(client, || {
+        let results = crate::zk::retry(client, || {
             let mut reader = client.new_multi_reader();
             for p in batch {
                 reader.add_get_data(p).expect("valid child path");
@@ -154,7 +154,7 @@ async fn read_all(client: &Client, paths: &[String]) -> Result<Vec<Option<(Vec<u
 
 /// Reads one lock: its queue in order, with each node's data.
 pub async fn inspect(client: &Client, path: &str, now: SystemTime) -> Result<LockReport> {
-    let children = match lock::retry(client, || client.list_children(path)).await {
+    let children = match crate::zk::retry(client, || client.list_children(path)).await {
         Ok(c) => c,
         Err(zookeeper_client::Error::NoNode) => {
             return Ok(LockReport {
@@ -243,7 +243,7 @@ pub async fn find_locks(client: &Client, root: &str) -> Result<Option<Vec<String
         if visited > MAX_VISITED {
             bail!("more than {MAX_VISITED} nodes below {root}; name a narrower path");
         }
-        let (mut children, stat) = match lock::retry(client, || client.get_children(&path)).await {
+        let (mut children, stat) = match crate::zk::retry(client, || client.get_children(&path)).await {
             Ok(r) => r,
             Err(zookeeper_client::Error::NoNode) if path != root => continue,
             Err(zookeeper_client::Error::NoNode) => return Ok(None),
@@ -381,9 +381,10 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
     if args.recursive && args.locks.len() != 1 {
         bail!("--recursive takes exactly one path");
     }
+    let connect = crate::zk::ConnectOptions::from_args(&args.connect)?;
     let mut signals = Signals::install().context("cannot install signal handlers")?;
     let client = tokio::select! {
-        c = crate::run::connect(&args.connect) => c?,
+        c = connect.connect() => c?,
         sig = signals.recv_terminating() => return Ok(crate::exit::from_signal(sig as i32)),
     };
     let result = if args.watch {
@@ -394,7 +395,7 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
     } else {
         snapshot(&client, &args, quiet).await
     };
-    crate::run::close_session(client).await;
+    crate::zk::close_session(client).await;
     result
 }
 
@@ -454,7 +455,7 @@ async fn watch(client: &Client, paths: &[String], quiet: bool) -> Result<u8> {
 async fn watch_one(client: &Client, path: &str, quiet: bool) -> Result<()> {
     let mut last: Option<(bool, Vec<String>)> = None;
     loop {
-        let watched = lock::retry(client, || client.list_and_watch_children(path)).await;
+        let watched = crate::zk::retry(client, || client.list_and_watch_children(path)).await;
         let (report, watcher) = match watched {
             Ok((children, watcher)) => {
                 (report_from_children(client, path, children, SystemTime::now()).await?, Some(watcher))
@@ -477,7 +478,7 @@ async fn watch_one(client: &Client, path: &str, quiet: bool) -> Result<()> {
         }
         let event = match watcher {
             Some(w) => w.changed().await,
-            None => match lock::retry(client, || client.check_and_watch_stat(path)).await {
+            None => match crate::zk::retry(client, || client.check_and_watch_stat(path)).await {
                 // Created meanwhile: look again.
                 Ok((Some(_), _)) => continue,
                 Ok((None, w)) => w.changed().await,
