@@ -48,7 +48,7 @@ pub const RUN_EXIT_STATUS: DocSection = DocSection {
         ("128+N", "the command died of signal N (or zklock got signal N while waiting for the lock)"),
         ("75", "lock not acquired: --no-wait found it held, or --wait ran out (change with -E)"),
         ("124", "the lock was lost while the command ran, and zklock stopped it (never 0 after a loss)"),
-        ("125", "zklock failed: usage, bad lock path, no server, ACL, budget that does not fit, unknown node in the lock directory"),
+        ("125", "zklock failed: usage, bad lock path, no server, authentication or TLS refused, not authorised (ACL), budget that does not fit, unknown node in the lock directory"),
         ("126", "the command is not executable"),
         ("127", "the command was not found"),
     ],
@@ -68,6 +68,8 @@ pub const ENV_READ: DocSection = DocSection {
     title: "Environment read by zklock",
     rows: &[
         ("ZKLOCK_ZK", "the connect string when -z/--zk is not given"),
+        ("ZKLOCK_AUTH", "credentials (digest:USER:PASSWORD or sasl-digest:USER:PASSWORD) when --auth-file is not given"),
+        ("ZKLOCK_TLS_CA, ZKLOCK_TLS_CERT, ZKLOCK_TLS_KEY", "--tls-ca, --tls-cert and --tls-key when not given"),
         ("ZKLOCK_LOG", "log filter overriding -v/-q, e.g. zklock=debug,zookeeper_client=info"),
     ],
 };
@@ -210,6 +212,49 @@ pub struct ConnectArgs {
     /// Give up if no server answers within this long
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
+
+    /// Credentials in a file only its owner can read: digest:USER:PASSWORD or sasl-digest:USER:PASSWORD
+    #[arg(long, value_name = "PATH", help_heading = "Security")]
+    pub auth_file: Option<std::path::PathBuf>,
+
+    /// ACL of the nodes zklock creates [default: creator+read with credentials, else open]
+    #[arg(long, value_enum, value_name = "POLICY", help_heading = "Security")]
+    pub acl: Option<AclPolicy>,
+
+    /// CA certificate(s) (PEM) that signed the servers' certificates; connects with TLS
+    #[arg(long, env = "ZKLOCK_TLS_CA", value_name = "PEM", help_heading = "Security")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key
+    #[arg(long, env = "ZKLOCK_TLS_CERT", value_name = "PEM", requires = "tls_key", help_heading = "Security")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, env = "ZKLOCK_TLS_KEY", value_name = "PEM", requires = "tls_cert", help_heading = "Security")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// The ACL of every node zklock creates: lock nodes and the parents it creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AclPolicy {
+    /// Anyone may read, change and delete (world:anyone:cdrwa)
+    Open,
+    /// Only our authenticated identity may read, change or delete (auth::cdrwa)
+    Creator,
+    /// Our identity may do everything, anyone may read: `zklock status` works for all
+    #[value(name = "creator+read")]
+    CreatorRead,
+}
+
+impl AclPolicy {
+    /// The name given on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            AclPolicy::Open => "open",
+            AclPolicy::Creator => "creator",
+            AclPolicy::CreatorRead => "creator+read",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -257,8 +302,8 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Lock node")]
     pub min_hold: Option<Duration>,
 
-    /// Free text stored with the lock node, shown by `zklock status`
-    #[arg(long, value_name = "TEXT", help_heading = "Lock node")]
+    /// Free text stored with the lock node, shown by `zklock status` (at most 4096 bytes)
+    #[arg(long, value_name = "TEXT", value_parser = parse_label, help_heading = "Lock node")]
     pub label: Option<String>,
 }
 
@@ -272,6 +317,21 @@ pub fn one_line(err: &clap::Error) -> String {
     } else {
         first.join(" ")
     }
+}
+
+/// The longest `--label`: the lock node's data must stay far below the server's packet limit
+/// (`jute.maxbuffer`, 1 MiB by default), and status tables must stay readable.
+pub const MAX_LABEL: usize = 4096;
+
+fn parse_label(s: &str) -> Result<String, String> {
+    if s.len() > MAX_LABEL {
+        return Err(format!(
+            "the label is {} bytes, more than the {MAX_LABEL} zklock allows (it is stored in the lock node, \
+             whose data must stay far below the server's jute.maxbuffer, 1 MiB by default)",
+            s.len()
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// A humantime duration: `10s`, `1m30s`, `250ms`.

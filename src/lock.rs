@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tracing::{debug, info, warn};
-use zookeeper_client::{Acls, Client, CreateMode, EventType};
+use zookeeper_client::{Client, CreateMode, EventType};
 
-use crate::zk::{is_connection_failure, retry, wait_connected};
+use crate::zk::{is_connection_failure, retry, wait_connected, ConnectOptions};
 
 use crate::clock::Clock;
 
@@ -192,13 +192,14 @@ pub struct Recipe<'a, C: Clock> {
     lock: &'a str,
     uuid: String,
     clock: C,
-    /// The ACL of the nodes this recipe creates: our lock node and missing parents.
-    acl: Acls<'static>,
+    /// The ACL of the nodes this recipe creates (our lock node and missing parents), and who
+    /// we are, for messages.
+    connect: &'a ConnectOptions,
 }
 
 impl<'a, C: Clock> Recipe<'a, C> {
-    pub fn new(client: &'a Client, lock: &'a str, acl: Acls<'static>, clock: C) -> Self {
-        Recipe { client, lock, uuid: uuid::Uuid::new_v4().hyphenated().to_string(), clock, acl }
+    pub fn new(client: &'a Client, lock: &'a str, connect: &'a ConnectOptions, clock: C) -> Self {
+        Recipe { client, lock, uuid: uuid::Uuid::new_v4().hyphenated().to_string(), clock, connect }
     }
 
     fn prefix(&self) -> String {
@@ -223,7 +224,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let first_sent = self.clock.now();
         for _ in 0..CREATE_ATTEMPTS {
             let sent = first_sent;
-            let creating = self.client.create(&prefix, data, &CreateMode::EphemeralSequential.with_acls(self.acl));
+            let creating = self.client.create(&prefix, data, &CreateMode::EphemeralSequential.with_acls(self.connect.acl));
             let listing = self.client.list_children(self.lock);
             match creating.await {
                 Ok((stat, seq)) => {
@@ -234,12 +235,16 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 }
                 Err(zookeeper_client::Error::NoNode) => {
                     debug!("{} does not exist; creating it as a container", self.lock);
-                    let parents = CreateMode::Container.with_acls(self.acl);
+                    let parents = CreateMode::Container.with_acls(self.connect.acl);
                     match retry(self.client, || self.client.mkdir(self.lock, &parents)).await {
                         Ok(()) => {}
                         Err(zookeeper_client::Error::NoNode) => {
                             bail!("cannot create {}: the chroot of the connect string does not exist", self.lock)
                         }
+                        Err(zookeeper_client::Error::NoAuth) => {
+                            return Err(self.connect.not_authorised(self.client, self.lock, &format!("create {}", self.lock)).await)
+                        }
+                        Err(zookeeper_client::Error::InvalidAcl) => return Err(self.invalid_acl()),
                         Err(e) => return Err(e).with_context(|| format!("cannot create {}", self.lock)),
                     }
                     last_err = Some(zookeeper_client::Error::NoNode);
@@ -256,12 +261,27 @@ impl<'a, C: Clock> Recipe<'a, C> {
                     bail!("cannot lock {}: it is an ephemeral node, which cannot have children", self.lock)
                 }
                 Err(zookeeper_client::Error::NoAuth) => {
-                    bail!("not allowed to create nodes under {} (ACL)", self.lock)
+                    return Err(self
+                        .connect
+                        .not_authorised(self.client, self.lock, &format!("create a lock node under {}", self.lock))
+                        .await)
                 }
+                Err(zookeeper_client::Error::InvalidAcl) => return Err(self.invalid_acl()),
                 Err(e) => return Err(e).with_context(|| format!("cannot create a lock node under {}", self.lock)),
             }
         }
         Err(anyhow!("cannot create a lock node under {} after {CREATE_ATTEMPTS} attempts: {:?}", self.lock, last_err))
+    }
+
+    /// The server refused the ACL we asked for: `auth` ACLs need an identity it recognises.
+    fn invalid_acl(&self) -> anyhow::Error {
+        anyhow!(
+            "the server refused --acl {} for nodes under {}: it knows no identity of this session ({}); \
+             give credentials, or --acl open",
+            self.connect.policy.name(),
+            self.lock,
+            self.connect.identity()
+        )
     }
 
     /// After a lost create reply: our uuid's node, adopted only if our session owns it; any
@@ -306,9 +326,13 @@ impl<'a, C: Clock> Recipe<'a, C> {
         };
         let children = match listed {
             Some(children) => children,
-            None => retry(self.client, || self.client.list_children(self.lock))
-                .await
-                .with_context(|| format!("cannot list {}", self.lock))?,
+            None => match retry(self.client, || self.client.list_children(self.lock)).await {
+                Ok(children) => children,
+                Err(zookeeper_client::Error::NoAuth) => {
+                    return Err(self.connect.not_authorised(self.client, self.lock, &format!("list {}", self.lock)).await)
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot list {}", self.lock)),
+            },
         };
         let queue = queue(self.lock, &children)?;
         let Some(pos) = queue.iter().position(|c| c.name == node.name) else {

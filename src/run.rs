@@ -163,7 +163,7 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
 
     let mut doc = NodeData::for_this_process(args.label.as_deref(), &args.command[0], started_at);
     let data = doc.to_bytes();
-    let recipe = Recipe::new(client, &args.lock, job.connect.acl, clock);
+    let recipe = Recipe::new(client, &args.lock, &job.connect, clock);
     let mut created: Option<OurNode> = None;
     // The command may start only with a confirmation younger than half the threshold (below);
     // a woken waiter refreshes one older than a quarter of it while it lists.

@@ -118,6 +118,11 @@ pub fn summarize(data: &[u8]) -> String {
     }
 }
 
+/// [`summarize`], or what stands for data our ACL does not let us read.
+fn summarize_read(data: Option<&[u8]>) -> String {
+    data.map_or_else(|| "(not readable: ACL)".into(), summarize)
+}
+
 fn kind_name(kind: NodeKind, ours: bool) -> &'static str {
     match kind {
         NodeKind::CuratorMutex if ours => "zklock",
@@ -129,9 +134,15 @@ fn kind_name(kind: NodeKind, ours: bool) -> &'static str {
     }
 }
 
-/// Data and stat of each path, in batches; `None` where the node vanished meanwhile.
-async fn read_all(client: &Client, paths: &[String]) -> Result<Vec<Option<(Vec<u8>, Stat)>>> {
+/// A node of a lock directory as read: its data (`None` when its ACL does not let us read
+/// it) and its stat.
+type ReadNode = (Option<Vec<u8>>, Stat);
+
+/// Data and stat of each path, in batches; `None` where the node vanished meanwhile. A node we
+/// may not read still has a stat (exists needs no permission), read in one pipelined round.
+async fn read_all(client: &Client, paths: &[String]) -> Result<Vec<Option<ReadNode>>> {
     let mut out = Vec::with_capacity(paths.len());
+    let mut unreadable = Vec::new();
     for batch in paths.chunks(READ_BATCH) {
         let results = crate::zk::retry(client, || {
             let mut reader = client.new_multi_reader();
@@ -144,12 +155,32 @@ async fn read_all(client: &Client, paths: &[String]) -> Result<Vec<Option<(Vec<u
         .context("cannot read the lock nodes")?;
         for r in results {
             out.push(match r {
-                MultiReadResult::Data { data, stat } => Some((data, stat)),
+                MultiReadResult::Data { data, stat } => Some((Some(data), stat)),
+                MultiReadResult::Error { err: zookeeper_client::Error::NoAuth } => {
+                    unreadable.push(out.len());
+                    None
+                }
                 _ => None,
             });
         }
     }
+    let stats = futures::future::join_all(unreadable.iter().map(|&i| client.check_stat(&paths[i]))).await;
+    for (i, stat) in unreadable.into_iter().zip(stats) {
+        out[i] = stat.context("cannot read the lock nodes")?.map(|stat| (None, stat));
+    }
     Ok(out)
+}
+
+/// A request refused with NoAuth; `status` turns it into a message naming the ACL.
+#[derive(Debug, thiserror::Error)]
+#[error("not authorised to {doing}")]
+struct NoAuthOn {
+    path: String,
+    doing: String,
+}
+
+fn no_auth_on(path: &str, doing: &str) -> anyhow::Error {
+    NoAuthOn { path: path.to_owned(), doing: format!("{doing} {path}") }.into()
 }
 
 /// Reads one lock: its queue in order, with each node's data.
@@ -166,6 +197,7 @@ pub async fn inspect(client: &Client, path: &str, now: SystemTime) -> Result<Loc
                 other_nodes: vec![],
             })
         }
+        Err(zookeeper_client::Error::NoAuth) => return Err(no_auth_on(path, "list")),
         Err(e) => return Err(e).with_context(|| format!("cannot list {path}")),
     };
     report_from_children(client, path, children, now).await
@@ -188,14 +220,14 @@ async fn report_from_children(
             None => other_nodes.push(OtherNode {
                 node: name,
                 session_id: (stat.ephemeral_owner != 0).then(|| format!("{:#x}", stat.ephemeral_owner)),
-                data: summarize(&data),
+                data: summarize_read(data.as_deref()),
             }),
         }
     }
     queue.sort_by_key(|(c, _, _)| c.seq);
     other_nodes.sort_by(|a, b| a.node.cmp(&b.node));
     let mut contenders = queue.into_iter().enumerate().map(|(position, (c, data, stat))| {
-        let doc = if c.kind == NodeKind::CuratorMutex { NodeData::parse(&data) } else { None };
+        let doc = if c.kind == NodeKind::CuratorMutex { data.as_deref().and_then(NodeData::parse) } else { None };
         let joined = from_millis(stat.ctime);
         let since = if position == 0 {
             doc.as_ref()
@@ -216,7 +248,7 @@ async fn report_from_children(
             joined_seconds_ago: seconds_between(joined, now),
             since: rfc3339(since),
             seconds: seconds_between(since, now),
-            data: doc.is_none().then(|| summarize(&data)),
+            data: doc.is_none().then(|| summarize_read(data.as_deref())),
             host: doc.as_ref().map(|d| d.host.clone()),
             pid: doc.as_ref().map(|d| d.pid),
             user: doc.as_ref().map(|d| d.user.clone()),
@@ -247,6 +279,7 @@ pub async fn find_locks(client: &Client, root: &str) -> Result<Option<Vec<String
             Ok(r) => r,
             Err(zookeeper_client::Error::NoNode) if path != root => continue,
             Err(zookeeper_client::Error::NoNode) => return Ok(None),
+            Err(zookeeper_client::Error::NoAuth) => return Err(no_auth_on(&path, "list")),
             Err(e) => return Err(e).with_context(|| format!("cannot list {path}")),
         };
         let is_lock = children.iter().any(|c| classify(c).is_some())
@@ -395,6 +428,13 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
     } else {
         snapshot(&client, &args, quiet).await
     };
+    let result = match result {
+        Err(e) => match e.downcast_ref::<NoAuthOn>() {
+            Some(NoAuthOn { path, doing }) => Err(connect.not_authorised(&client, path, doing).await),
+            None => Err(e),
+        },
+        ok => ok,
+    };
     crate::zk::close_session(client).await;
     result
 }
@@ -461,6 +501,7 @@ async fn watch_one(client: &Client, path: &str, quiet: bool) -> Result<()> {
                 (report_from_children(client, path, children, SystemTime::now()).await?, Some(watcher))
             }
             Err(zookeeper_client::Error::NoNode) => (inspect(client, path, SystemTime::now()).await?, None),
+            Err(zookeeper_client::Error::NoAuth) => return Err(no_auth_on(path, "watch")),
             Err(e) => return Err(e).with_context(|| format!("cannot watch {path}")),
         };
         let key = (report.exists, report.holder.iter().chain(&report.waiters).map(|c| c.node.clone()).collect());
