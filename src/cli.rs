@@ -68,7 +68,10 @@ pub const ENV_READ: DocSection = DocSection {
     title: "Environment read by zklock",
     rows: &[
         ("ZKLOCK_ZK", "the connect string when -z/--zk is not given"),
-        ("ZKLOCK_AUTH", "credentials (digest:USER:PASSWORD or sasl-digest:USER:PASSWORD) when --auth-file is not given"),
+        (
+            "ZKLOCK_AUTH",
+            "credentials (digest:USER:PASSWORD or sasl-digest:USER:PASSWORD) when --auth-file is not given",
+        ),
         ("ZKLOCK_TLS_CA, ZKLOCK_TLS_CERT, ZKLOCK_TLS_KEY", "--tls-ca, --tls-cert and --tls-key when not given"),
         ("ZKLOCK_LOG", "log filter overriding -v/-q, e.g. zklock=debug,zookeeper_client=info"),
     ],

@@ -224,7 +224,8 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let first_sent = self.clock.now();
         for _ in 0..CREATE_ATTEMPTS {
             let sent = first_sent;
-            let creating = self.client.create(&prefix, data, &CreateMode::EphemeralSequential.with_acls(self.connect.acl));
+            let creating =
+                self.client.create(&prefix, data, &CreateMode::EphemeralSequential.with_acls(self.connect.acl));
             let listing = self.client.list_children(self.lock);
             match creating.await {
                 Ok((stat, seq)) => {
@@ -242,7 +243,10 @@ impl<'a, C: Clock> Recipe<'a, C> {
                             bail!("cannot create {}: the chroot of the connect string does not exist", self.lock)
                         }
                         Err(zookeeper_client::Error::NoAuth) => {
-                            return Err(self.connect.not_authorised(self.client, self.lock, &format!("create {}", self.lock)).await)
+                            return Err(self
+                                .connect
+                                .not_authorised(self.client, self.lock, &format!("create {}", self.lock))
+                                .await)
                         }
                         Err(zookeeper_client::Error::InvalidAcl) => return Err(self.invalid_acl()),
                         Err(e) => return Err(e).with_context(|| format!("cannot create {}", self.lock)),
@@ -329,7 +333,10 @@ impl<'a, C: Clock> Recipe<'a, C> {
             None => match retry(self.client, || self.client.list_children(self.lock)).await {
                 Ok(children) => children,
                 Err(zookeeper_client::Error::NoAuth) => {
-                    return Err(self.connect.not_authorised(self.client, self.lock, &format!("list {}", self.lock)).await)
+                    return Err(self
+                        .connect
+                        .not_authorised(self.client, self.lock, &format!("list {}", self.lock))
+                        .await)
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot list {}", self.lock)),
             },

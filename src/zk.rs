@@ -47,8 +47,11 @@ impl Credentials {
     /// Parses `digest:USER:PASSWORD` or `sasl-digest:USER:PASSWORD` (the password may contain
     /// colons). `source` names where the text came from, for messages.
     pub fn parse(text: &str, source: &str) -> Result<Credentials> {
-        let lines: Vec<&str> =
-            text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .collect();
         let line = match lines.as_slice() {
             [line] => *line,
             [] => bail!("{source} holds no credentials (expected digest:USER:PASSWORD or sasl-digest:USER:PASSWORD)"),
@@ -135,7 +138,11 @@ impl Tls {
             (Some(cert), Some(key)) => {
                 let (cert_pem, key_pem) = (read_pem("--tls-cert", cert)?, read_pem("--tls-key", key)?);
                 options = options.with_pem_identity(&cert_pem, &key_pem).map_err(|e| {
-                    anyhow!("--tls-cert {} / --tls-key {}: not a usable certificate and key: {e}", cert.display(), key.display())
+                    anyhow!(
+                        "--tls-cert {} / --tls-key {}: not a usable certificate and key: {e}",
+                        cert.display(),
+                        key.display()
+                    )
                 })?;
                 Some((cert.clone(), key.clone()))
             }
@@ -261,7 +268,9 @@ impl ConnectOptions {
                 Ok(Err(zookeeper_client::Error::BadArguments(why))) => {
                     bail!("invalid connect string '{}': {why}", self.connect)
                 }
-                Ok(Err(e)) => return Err(e).with_context(|| format!("cannot connect to ZooKeeper at {}", self.connect)),
+                Ok(Err(e)) => {
+                    return Err(e).with_context(|| format!("cannot connect to ZooKeeper at {}", self.connect))
+                }
                 Err(_) => false,
             };
             if note.is_none() && failed_fast {
@@ -333,20 +342,26 @@ impl ConnectOptions {
     }
 }
 
-/// An ACL as ZooKeeper's CLI shows it: `digest:alice:HASH:cdrwa, world:anyone:r`.
+/// An ACL as `scheme:id=perms`, e.g. `digest:alice:HASH=cdrwa, world:anyone=r`.
 pub fn format_acl(acls: &[Acl]) -> String {
     if acls.is_empty() {
         return "empty".into();
     }
     let perms = |p: Permission| {
-        [(Permission::CREATE, 'c'), (Permission::DELETE, 'd'), (Permission::READ, 'r'), (Permission::WRITE, 'w'), (Permission::ADMIN, 'a')]
-            .iter()
-            .filter(|(bit, _)| p.has(*bit))
-            .map(|(_, c)| *c)
-            .collect::<String>()
+        [
+            (Permission::CREATE, 'c'),
+            (Permission::DELETE, 'd'),
+            (Permission::READ, 'r'),
+            (Permission::WRITE, 'w'),
+            (Permission::ADMIN, 'a'),
+        ]
+        .iter()
+        .filter(|(bit, _)| p.has(*bit))
+        .map(|(_, c)| *c)
+        .collect::<String>()
     };
     acls.iter()
-        .map(|a| format!("{}:{}:{}", a.auth_id().scheme(), a.auth_id().id(), perms(a.permission())))
+        .map(|a| format!("{}:{}={}", a.auth_id().scheme(), a.auth_id().id(), perms(a.permission())))
         .collect::<Vec<_>>()
         .join(", ")
 }

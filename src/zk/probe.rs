@@ -163,9 +163,10 @@ fn handshake(sock: &mut TcpStream, config: ClientConfig, host: &str) -> Handshak
     let classify = |e: std::io::Error| match rustls_error(&e) {
         Some(tls) => Handshake::Tls(tls),
         None => match e.kind() {
-            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
-                Handshake::Closed
-            }
+            ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe => Handshake::Closed,
             ErrorKind::WouldBlock | ErrorKind::TimedOut => Handshake::Silent,
             _ => Handshake::Io(e),
         },
@@ -198,13 +199,18 @@ fn handshake(sock: &mut TcpStream, config: ClientConfig, host: &str) -> Handshak
 fn refused_alert(ep: &Endpoint, alert: AlertDescription, tls: Option<&Tls>) -> String {
     use AlertDescription::*;
     let hint = match alert {
-        BadCertificate | UnsupportedCertificate | CertificateRevoked | CertificateExpired | CertificateUnknown
-        | UnknownCA | AccessDenied | DecryptError | CertificateRequired => {
-            match tls.and_then(|t| t.identity.as_ref()) {
-                Some((cert, _)) => format!("the server did not accept our client certificate {}", cert.display()),
-                None => "the server requires a client certificate (give --tls-cert and --tls-key)".into(),
-            }
-        }
+        BadCertificate
+        | UnsupportedCertificate
+        | CertificateRevoked
+        | CertificateExpired
+        | CertificateUnknown
+        | UnknownCA
+        | AccessDenied
+        | DecryptError
+        | CertificateRequired => match tls.and_then(|t| t.identity.as_ref()) {
+            Some((cert, _)) => format!("the server did not accept our client certificate {}", cert.display()),
+            None => "the server requires a client certificate (give --tls-cert and --tls-key)".into(),
+        },
         HandshakeFailure | ProtocolVersion | InsufficientSecurity => {
             "no TLS version or cipher suite in common with the server".into()
         }
@@ -251,19 +257,20 @@ fn probe(ep: &Endpoint, tls: Option<&Tls>, limit: Duration) -> Verdict {
                 Verdict::Refused(format!("zklock refused the certificate of {ep}: {why}"))
             }
             Handshake::Tls(rustls::Error::AlertReceived(alert)) => Verdict::Refused(refused_alert(ep, alert, tls)),
-            Handshake::Tls(rustls::Error::InvalidMessage(_)) | Handshake::Closed => {
-                Verdict::Refused(format!(
-                    "{ep} does not speak TLS: it closed the connection on the TLS handshake, so it is probably a \
+            Handshake::Tls(rustls::Error::InvalidMessage(_)) | Handshake::Closed => Verdict::Refused(format!(
+                "{ep} does not speak TLS: it closed the connection on the TLS handshake, so it is probably a \
                      plain client port (write tcp://{ep} for a plain server, or use the server's secureClientPort)"
-                ))
-            }
+            )),
             Handshake::Tls(e) => Verdict::Refused(format!("TLS handshake with {ep} failed: {e}")),
-            Handshake::Silent => Verdict::Note(format!("{ep} accepted the connection but did not answer the TLS handshake")),
+            Handshake::Silent => {
+                Verdict::Note(format!("{ep} accepted the connection but did not answer the TLS handshake"))
+            }
             Handshake::Io(e) => Verdict::Note(format!("{ep}: {e}")),
         }
     } else {
         match outcome {
-            Handshake::Done | Handshake::Tls(rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_)) => {
+            Handshake::Done
+            | Handshake::Tls(rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_)) => {
                 Verdict::Refused(format!(
                     "{ep} is a TLS port and zklock spoke plain text to it: give --tls-ca (the CA that signed its \
                      certificate), or write tcp+tls://{ep}"

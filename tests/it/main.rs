@@ -3,6 +3,7 @@ mod faults;
 mod harness_smoke;
 mod random;
 mod run;
+mod secure;
 mod status;
 mod support;
 mod util;

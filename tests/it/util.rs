@@ -26,6 +26,26 @@ impl Zk {
         Zk { rt, client }
     }
 
+    /// A client that authenticates with `connector` (digest auth, SASL) before its session.
+    pub fn connect_with(connect: &str, connector: zookeeper_client::Connector) -> Zk {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let client = rt
+            .block_on(connector.with_session_timeout(support::CLIENT_SESSION_TIMEOUT).connect(connect))
+            .unwrap_or_else(|e| panic!("cannot connect to ZooKeeper at {connect}: {e}"));
+        Zk { rt, client }
+    }
+
+    /// Deletes `path`, returning the server's answer.
+    pub fn try_delete(&self, path: &str) -> Result<(), zookeeper_client::Error> {
+        self.rt.block_on(self.client.delete(path, None))
+    }
+
+    /// The ACL of `path` as `scheme:id=perms` strings (perms as ZooKeeper's bits).
+    pub fn acl(&self, path: &str) -> Vec<String> {
+        let (acls, _) = self.rt.block_on(self.client.get_acl(path)).unwrap_or_else(|e| panic!("get_acl({path}): {e}"));
+        acls.iter().map(|a| format!("{}:{}={}", a.auth_id().scheme(), a.auth_id().id(), a.permission())).collect()
+    }
+
     pub fn children(&self, path: &str) -> Vec<String> {
         self.rt.block_on(support::children(&self.client, path))
     }

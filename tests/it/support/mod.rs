@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod secure;
 mod spawner;
 mod zk;
 
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
 
 #[allow(unused_imports)] // re-exported for other test modules
-pub use zk::{four_letter, four_letter_timeout, shared_zk, ZkEnsemble, ZkOptions, ZkServer, READY_TIMEOUT};
+pub use zk::{four_letter, four_letter_timeout, free_ports, shared_zk, ZkEnsemble, ZkOptions, ZkServer, READY_TIMEOUT};
 
 /// Session timeout requested by [`zk_client`].
 pub const CLIENT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);

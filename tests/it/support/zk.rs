@@ -516,7 +516,8 @@ fn is_serving(srvr: &str) -> bool {
 }
 
 /// `n` distinct free loopback ports (all bound at once, then released).
-fn free_ports(n: usize) -> Vec<u16> {
+/// `n` loopback ports free at the time of the call.
+pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> =
         (0..n).map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0")).collect();
     listeners.iter().map(|l| l.local_addr().expect("local_addr").port()).collect()
