@@ -209,11 +209,11 @@ pub struct ConnectArgs {
     pub zk: String,
 
     /// Requested session timeout; the server may negotiate another, which is what counts
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub session_timeout: Duration,
 
     /// Give up if no server answers within this long
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
 
     /// Credentials in a file only its owner can read: digest:USER:PASSWORD or sasl-digest:USER:PASSWORD
@@ -274,10 +274,10 @@ pub struct RunArgs {
     pub connect: ConnectArgs,
 
     /// The servers' tickTime, used in the safety budget
-    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Safety")]
+    #[arg(long, default_value = "2s", value_parser = parse_positive_duration, value_name = "DURATION", help_heading = "Safety")]
     pub server_tick: Duration,
 
-    /// Give up waiting for the lock after this long (default: wait forever)
+    /// Give up waiting for the lock after this long; 0s tries once, like --no-wait (default: wait forever)
     #[arg(short, long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Waiting")]
     pub wait: Option<Duration>,
 
@@ -290,11 +290,11 @@ pub struct RunArgs {
     pub conflict_exit_code: u8,
 
     /// Time without a leader-confirmed heartbeat before the stop signal [default: derived from the safety budget]
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Safety")]
+    #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION", help_heading = "Safety")]
     pub disconnect_threshold: Option<Duration>,
 
     /// Time between the stop signal and SIGKILL [default: 30% of the budget, at most 5s]
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Safety")]
+    #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION", help_heading = "Safety")]
     pub grace: Option<Duration>,
 
     /// Signal that stops the command when the lock is lost: TERM, SIGTERM or 15
@@ -340,6 +340,15 @@ fn parse_label(s: &str) -> Result<String, String> {
 /// A humantime duration: `10s`, `1m30s`, `250ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 10s, 1m30s or 250ms: {e}"))
+}
+
+/// A duration that must not be zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("'{s}' must be longer than zero"));
+    }
+    Ok(d)
 }
 
 /// A signal by name (`TERM`, `SIGTERM`, case-insensitive) or number (`15`).

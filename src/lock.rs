@@ -553,6 +553,7 @@ mod tests {
             ("/zookeeper/x", "reserved"),
             ("/zookeeper", "reserved"),
             ("/a\u{1}b", "character"),
+            ("/a\0b", "character"),
         ] {
             let e = validate_lock_path(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");

@@ -75,8 +75,11 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
     child::become_subreaper();
 
     // --wait counts from the first attempt, across re-queues after a session expiry.
-    let wait_deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
-    let job = Job { args: &args, program, connect, wait_deadline, started_at, t0 };
+    // --wait 0s tries once, as --no-wait does: a deadline already past could end the wait
+    // before the first listing.
+    let no_wait = args.no_wait || args.wait.is_some_and(|w| w.is_zero());
+    let wait_deadline = args.wait.filter(|_| !no_wait).map(|w| tokio::time::Instant::now() + w);
+    let job = Job { args: &args, program, connect, no_wait, wait_deadline, started_at, t0 };
     loop {
         let client = tokio::select! {
             r = job.connect.connect() => r?,
@@ -114,6 +117,8 @@ struct Job<'a> {
     /// The command, found on PATH.
     program: PathBuf,
     connect: ConnectOptions,
+    /// `--no-wait`, or `--wait 0s`.
+    no_wait: bool,
     /// `--wait` counts from the first attempt, across re-queues after a session expiry.
     wait_deadline: Option<tokio::time::Instant>,
     started_at: SystemTime,
@@ -173,7 +178,7 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
         let acquire = async {
             let (node, listed) = recipe.create(&data).await?;
             created = Some(node.clone());
-            recipe.wait_turn(&node, listed, args.no_wait, pace).await
+            recipe.wait_turn(&node, listed, job.no_wait, pace).await
         };
         tokio::select! {
             r = acquire => WaitEnd::Done(r),

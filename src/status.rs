@@ -420,6 +420,18 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
         c = connect.connect() => c?,
         sig = signals.recv_terminating() => return Ok(crate::exit::from_signal(sig as i32)),
     };
+    // Under a chroot that does not exist every lock would look free.
+    if !client.path().is_empty() && client.path() != "/" {
+        match crate::zk::retry(&client, || client.check_stat("/")).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let chroot = client.path().to_owned();
+                crate::zk::close_session(client).await;
+                bail!("the chroot {chroot} of the connect string does not exist");
+            }
+            Err(e) => return Err(e).context("cannot check the chroot of the connect string"),
+        }
+    }
     let result = if args.watch {
         tokio::select! {
             r = watch(&client, &args.locks, quiet) => r,

@@ -1,3 +1,4 @@
+mod badinput;
 mod docs;
 mod faults;
 mod harness_smoke;

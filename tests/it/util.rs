@@ -78,6 +78,18 @@ impl Zk {
         self.rt.block_on(self.client.create(path, data, &opts)).unwrap();
     }
 
+    /// Creates `n` persistent, empty children `<parent>/<prefix><i>`, pipelined.
+    pub fn create_many(&self, parent: &str, prefix: &str, n: usize) {
+        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        let paths: Vec<String> = (0..n).map(|i| format!("{parent}/{prefix}{i:05}")).collect();
+        for batch in paths.chunks(1000) {
+            let creates: Vec<_> = batch.iter().map(|p| self.client.create(p, b"", &opts)).collect();
+            for (r, p) in self.rt.block_on(futures::future::join_all(creates)).into_iter().zip(batch) {
+                r.unwrap_or_else(|e| panic!("create {p}: {e}"));
+            }
+        }
+    }
+
     pub fn session_id(&self) -> i64 {
         self.client.session_id().0
     }
