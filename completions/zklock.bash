@@ -111,7 +111,7 @@ _zklock() {
             return 0
             ;;
         zklock__subcmd__run)
-            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --kill-signal --min-hold --label --verbose --quiet --help --version"
+            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --acl --tls-ca --tls-cert --tls-key --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --kill-signal --min-hold --label --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -130,6 +130,26 @@ _zklock() {
                     return 0
                     ;;
                 --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --acl)
+                    COMPREPLY=($(compgen -W "open creator creator+read" -- "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -181,7 +201,7 @@ _zklock() {
             return 0
             ;;
         zklock__subcmd__status)
-            opts="-z -r -v -q -h -V --zk --session-timeout --connect-timeout --json --recursive --watch --verbose --quiet --help --version"
+            opts="-z -r -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --acl --tls-ca --tls-cert --tls-key --json --recursive --watch --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -200,6 +220,26 @@ _zklock() {
                     return 0
                     ;;
                 --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --acl)
+                    COMPREPLY=($(compgen -W "open creator creator+read" -- "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

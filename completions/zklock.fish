@@ -34,28 +34,42 @@ complete -c zklock -n "__fish_zklock_needs_command" -f -a "help" -d 'Print this 
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s z -l zk -d 'ZooKeeper connect string: host:port[,host:port...][/chroot]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l session-timeout -d 'Requested session timeout; the server may negotiate another, which is what counts' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l connect-timeout -d 'Give up if no server answers within this long' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l auth-file -d 'Credentials in a file only its owner can read: digest:USER:PASSWORD or sasl-digest:USER:PASSWORD' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l acl -d 'ACL of the nodes zklock creates [default: creator+read with credentials, else open]' -r -f -a "open\t'Anyone may read, change and delete (world:anyone:cdrwa)'
+creator\t'Only our authenticated identity may read, change or delete (auth::cdrwa)'
+creator+read\t'Our identity may do everything, anyone may read: `zklock status` works for all'"
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l tls-ca -d 'CA certificate(s) (PEM) that signed the servers\' certificates; connects with TLS' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l tls-cert -d 'Client certificate (PEM) for mutual TLS; needs --tls-key' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l tls-key -d 'Private key (PEM) of --tls-cert' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l server-tick -d 'The servers\' tickTime, used in the safety budget' -r
-complete -c zklock -n "__fish_zklock_using_subcommand run" -s w -l wait -d 'Give up waiting for the lock after this long (default: wait forever)' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s w -l wait -d 'Give up waiting for the lock after this long; 0s tries once, like --no-wait (default: wait forever)' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit status when --no-wait or --wait gives up' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l disconnect-threshold -d 'Time without a leader-confirmed heartbeat before the stop signal [default: derived from the safety budget]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l grace -d 'Time between the stop signal and SIGKILL [default: 30% of the budget, at most 5s]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l kill-signal -d 'Signal that stops the command when the lock is lost: TERM, SIGTERM or 15' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l min-hold -d 'Keep holding the lock until this long after acquiring it, even if the command ends sooner' -r
-complete -c zklock -n "__fish_zklock_using_subcommand run" -l label -d 'Free text stored with the lock node, shown by `zklock status`' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l label -d 'Free text stored with the lock node, shown by `zklock status` (at most 4096 bytes)' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s n -l no-wait -d 'Give up at once if the lock is held'
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s v -l verbose -d 'More messages on stderr (-v: lifecycle, -vv: debug)'
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s q -l quiet -d 'Only errors on stderr (status: print nothing, only set the exit status)'
-complete -c zklock -n "__fish_zklock_using_subcommand run" -s h -l help -d 'Print help'
+complete -c zklock -n "__fish_zklock_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s V -l version -d 'Print version'
 complete -c zklock -n "__fish_zklock_using_subcommand status" -s z -l zk -d 'ZooKeeper connect string: host:port[,host:port...][/chroot]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l session-timeout -d 'Requested session timeout; the server may negotiate another, which is what counts' -r
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l connect-timeout -d 'Give up if no server answers within this long' -r
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l auth-file -d 'Credentials in a file only its owner can read: digest:USER:PASSWORD or sasl-digest:USER:PASSWORD' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l acl -d 'ACL of the nodes zklock creates [default: creator+read with credentials, else open]' -r -f -a "open\t'Anyone may read, change and delete (world:anyone:cdrwa)'
+creator\t'Only our authenticated identity may read, change or delete (auth::cdrwa)'
+creator+read\t'Our identity may do everything, anyone may read: `zklock status` works for all'"
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-ca -d 'CA certificate(s) (PEM) that signed the servers\' certificates; connects with TLS' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-cert -d 'Client certificate (PEM) for mutual TLS; needs --tls-key' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-key -d 'Private key (PEM) of --tls-cert' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l json -d 'Print a versioned JSON document instead of a table'
 complete -c zklock -n "__fish_zklock_using_subcommand status" -s r -l recursive -d 'List every lock below the path, one line each'
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l watch -d 'Keep running and print a line each time a holder or queue changes, until interrupted'
 complete -c zklock -n "__fish_zklock_using_subcommand status" -s v -l verbose -d 'More messages on stderr (-v: lifecycle, -vv: debug)'
 complete -c zklock -n "__fish_zklock_using_subcommand status" -s q -l quiet -d 'Only errors on stderr (status: print nothing, only set the exit status)'
-complete -c zklock -n "__fish_zklock_using_subcommand status" -s h -l help -d 'Print help'
+complete -c zklock -n "__fish_zklock_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c zklock -n "__fish_zklock_using_subcommand status" -s V -l version -d 'Print version'
 complete -c zklock -n "__fish_zklock_using_subcommand help; and not __fish_seen_subcommand_from run status help" -f -a "run" -d 'Acquire a lock, run a command while holding it, release it'
 complete -c zklock -n "__fish_zklock_using_subcommand help; and not __fish_seen_subcommand_from run status help" -f -a "status" -d 'Show who holds a lock and who waits, for people (a table) and scripts (--json, status)'
