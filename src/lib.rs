@@ -10,6 +10,7 @@ pub mod exit;
 pub mod lock;
 mod logging;
 pub mod nodedata;
+pub mod queue;
 pub mod run;
 pub mod session;
 pub mod signals;

@@ -21,11 +21,7 @@ use zookeeper_client::{Client, CreateMode, EventType};
 use crate::zk::{is_connection_failure, retry, wait_connected, ConnectOptions};
 
 use crate::clock::Clock;
-
-/// Curator's protected-name prefix.
-const PROTECTED_PREFIX: &str = "_c_";
-/// Curator's InterProcessMutex node name.
-const CURATOR_LOCK: &str = "-lock-";
+use crate::queue::{verdict, Contender, Mode, Verdict, Watch, PROTECTED_PREFIX};
 
 /// How many times a NoNode on create (a container parent reaped under us) is retried.
 const CREATE_ATTEMPTS: usize = 10;
@@ -34,83 +30,16 @@ const CREATE_ATTEMPTS: usize = 10;
 pub type Listing<'a> =
     std::pin::Pin<Box<dyn Future<Output = Result<Vec<String>, zookeeper_client::Error>> + Send + 'a>>;
 
-/// The kind of a lock-directory child, by its name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodeKind {
-    /// `_c_<uuid>-lock-<seq>`: zklock or Apache Curator's InterProcessMutex.
-    CuratorMutex,
-    /// `..__READ__<seq>`: Curator's InterProcessReadWriteLock, read side.
-    CuratorRead,
-    /// `..__WRIT__<seq>`: Curator's InterProcessReadWriteLock, write side.
-    CuratorWrite,
-    /// `<uuid hex>__lock__<seq>`: kazoo's Lock / WriteLock.
-    KazooLock,
-    /// `<uuid hex>__rlock__<seq>`: kazoo's ReadLock.
-    KazooRead,
-}
-
-impl NodeKind {
-    pub fn describe(self) -> &'static str {
-        match self {
-            NodeKind::CuratorMutex => "zklock/Curator mutex",
-            NodeKind::CuratorRead => "Curator read lock",
-            NodeKind::CuratorWrite => "Curator write lock",
-            NodeKind::KazooLock => "kazoo lock",
-            NodeKind::KazooRead => "kazoo read lock",
-        }
-    }
-}
-
-/// A child of the lock directory that takes part in the queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Contender {
-    pub name: String,
-    pub seq: i64,
-    pub kind: NodeKind,
-}
-
-/// Classifies a child name by the recipes that share lock directories. All of them draw their
-/// sequence numbers from the same parent counter, so they order against each other; all are
-/// treated as exclusive (a reader ahead of us still makes us wait).
-pub fn classify(name: &str) -> Option<Contender> {
-    const MARKERS: [(&str, NodeKind); 5] = [
-        (CURATOR_LOCK, NodeKind::CuratorMutex),
-        ("__READ__", NodeKind::CuratorRead),
-        ("__WRIT__", NodeKind::CuratorWrite),
-        ("__lock__", NodeKind::KazooLock),
-        ("__rlock__", NodeKind::KazooRead),
-    ];
-    let digits = name.len() - name.bytes().rev().take_while(u8::is_ascii_digit).count();
-    let (head, seq) = name.split_at(digits);
-    // ZooKeeper's sequence suffix is 10 digits (19 once the 32-bit counter is exceeded).
-    if seq.len() != 10 && seq.len() != 19 {
-        return None;
-    }
-    let seq: i64 = seq.parse().ok()?;
-    // Curator's unprotected form is a bare "lock-<seq>".
-    if head == "lock-" {
-        return Some(Contender { name: name.to_owned(), seq, kind: NodeKind::CuratorMutex });
-    }
-    MARKERS.iter().find(|(marker, _)| head.ends_with(marker) && head.len() > marker.len()).map(|&(_, kind)| Contender {
-        name: name.to_owned(),
-        seq,
-        kind,
-    })
-}
-
-/// Orders the children of a lock directory; an unknown name is an error naming it.
+/// The children of a lock directory in queue order; a name we cannot classify is an error
+/// naming it.
 pub fn queue(lock: &str, children: &[String]) -> Result<Vec<Contender>> {
-    let mut queue = Vec::with_capacity(children.len());
-    for name in children {
-        match classify(name) {
-            Some(c) => queue.push(c),
-            None => bail!(
-                "{lock} holds a node zklock cannot classify: '{name}' (not a zklock, Curator or kazoo lock node); \
-                 refusing to guess the queue order"
-            ),
-        }
+    let (queue, unknown) = crate::queue::order(children);
+    if let Some(name) = unknown.first() {
+        bail!(
+            "{lock} holds a node zklock cannot classify: '{name}' (not a zklock, Curator or kazoo lock node); \
+             refusing to guess the queue order"
+        );
     }
-    queue.sort_by_key(|c| c.seq);
     Ok(queue)
 }
 
@@ -159,13 +88,6 @@ pub struct OurNode {
     pub create_sent: Duration,
 }
 
-/// Where we stand in the queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Turn {
-    Ours,
-    Behind { predecessor: String, ahead: usize },
-}
-
 /// How an acquisition attempt ended.
 #[derive(Debug)]
 pub enum Acquired {
@@ -192,18 +114,19 @@ pub struct Recipe<'a, C: Clock> {
     lock: &'a str,
     uuid: String,
     clock: C,
+    mode: Mode,
     /// The ACL of the nodes this recipe creates (our lock node and missing parents), and who
     /// we are, for messages.
     connect: &'a ConnectOptions,
 }
 
 impl<'a, C: Clock> Recipe<'a, C> {
-    pub fn new(client: &'a Client, lock: &'a str, connect: &'a ConnectOptions, clock: C) -> Self {
-        Recipe { client, lock, uuid: uuid::Uuid::new_v4().hyphenated().to_string(), clock, connect }
+    pub fn new(client: &'a Client, lock: &'a str, mode: Mode, connect: &'a ConnectOptions, clock: C) -> Self {
+        Recipe { client, lock, uuid: uuid::Uuid::new_v4().hyphenated().to_string(), clock, mode, connect }
     }
 
     fn prefix(&self) -> String {
-        format!("{}/{PROTECTED_PREFIX}{}{CURATOR_LOCK}", self.lock, self.uuid)
+        format!("{}/{PROTECTED_PREFIX}{}{}", self.lock, self.uuid, self.mode.marker())
     }
 
     fn is_ours_by_name(&self, name: &str) -> bool {
@@ -323,7 +246,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
 
     /// Step 3: our place in the queue, from one listing: `listed` if it was sent after our
     /// node was created and succeeds, else a new one.
-    pub async fn turn(&self, node: &OurNode, listed: Option<Listing<'a>>) -> Result<Turn> {
+    pub async fn turn(&self, node: &OurNode, listed: Option<Listing<'a>>) -> Result<Verdict> {
         let listed = match listed {
             Some(listing) => listing.await.ok(),
             None => None,
@@ -341,15 +264,17 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 Err(e) => return Err(e).with_context(|| format!("cannot list {}", self.lock)),
             },
         };
-        let queue = queue(self.lock, &children)?;
+        self.verdict_in(node, &children)
+    }
+
+    /// The queue rule for our node among `children`.
+    fn verdict_in(&self, node: &OurNode, children: &[String]) -> Result<Verdict> {
+        let queue = queue(self.lock, children)?;
         let Some(pos) = queue.iter().position(|c| c.name == node.name) else {
             bail!("our lock node {} vanished while waiting (deleted by someone, or the session was lost)", node.path);
         };
-        if pos == 0 {
-            Ok(Turn::Ours)
-        } else {
-            Ok(Turn::Behind { predecessor: queue[pos - 1].name.clone(), ahead: pos })
-        }
+        verdict(&queue, pos)
+            .map_err(|refusal| anyhow!("cannot take {} as {}: {refusal}", self.lock, self.mode.describe()))
     }
 
     /// Waits until our node is the lowest, watching only the immediate predecessor.
@@ -382,9 +307,9 @@ impl<'a, C: Clock> Recipe<'a, C> {
                     confirmed.set(confirmed.get().max(sent));
                 }
             }
-            let (predecessor, ahead) = match turn {
-                Turn::Ours => return Ok(Acquired::Yes { waited, confirmed: confirmed.get() }),
-                Turn::Behind { predecessor, ahead } => (predecessor, ahead),
+            let (watch, next_in_line, ahead) = match turn {
+                Verdict::Proceed => return Ok(Acquired::Yes { waited, confirmed: confirmed.get() }),
+                Verdict::Wait { watch, next_in_line, ahead } => (watch, next_in_line, ahead),
             };
             if no_wait {
                 return Ok(Acquired::Held { ahead });
@@ -394,12 +319,40 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 told = ahead;
             }
             waited = true;
-            self.watch_until_gone(node, &predecessor, ahead == 1, &confirmed, pace.heartbeat).await?;
+            match watch {
+                Watch::Node(predecessor) => {
+                    self.watch_until_gone(node, &predecessor, next_in_line, &confirmed, pace.heartbeat).await?
+                }
+                Watch::Directory => self.watch_directory(node, &confirmed, pace.heartbeat).await?,
+            }
         }
     }
 
+    /// Returns once the lock directory's children change (or changed since the last listing:
+    /// the verdict on the children read with the watch is no longer to watch the directory).
+    /// The first waiter of a `--limit` lock waits here, next in line.
+    async fn watch_directory(&self, node: &OurNode, confirmed: &Cell<Duration>, period: Duration) -> Result<()> {
+        let (children, watcher) = match retry(self.client, || self.client.list_and_watch_children(self.lock)).await {
+            Ok(r) => r,
+            Err(e) => return Err(e).with_context(|| format!("cannot watch {}", self.lock)),
+        };
+        if !matches!(self.verdict_in(node, &children)?, Verdict::Wait { watch: Watch::Directory, .. }) {
+            return Ok(());
+        }
+        let event = tokio::select! {
+            event = watcher.changed() => event,
+            never = self.heartbeat_while_next(node, confirmed, period) => match never {},
+        };
+        if event.event_type == EventType::Session && event.session_state.is_terminated() {
+            bail!("the ZooKeeper session ended while waiting ({})", event.session_state);
+        }
+        debug!("{}: {}", self.lock, event.event_type);
+        Ok(())
+    }
+
     /// Returns once the predecessor is deleted (or was already gone). A change of its data
-    /// (a holder recording when it acquired) only re-arms the watch, and makes us next in line.
+    /// (a holder recording when it acquired) only re-arms the watch, and makes us next in line;
+    /// under `--limit` it may make us the first waiter, so it returns to list again.
     async fn watch_until_gone(
         &self,
         node: &OurNode,
@@ -427,7 +380,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 bail!("the ZooKeeper session ended while waiting ({})", event.session_state);
             }
             debug!("predecessor {predecessor}: {}", event.event_type);
-            if event.event_type != EventType::NodeDataChanged {
+            if event.event_type != EventType::NodeDataChanged || matches!(self.mode, Mode::Limit(_)) {
                 return Ok(());
             }
             next_in_line = true;
@@ -498,28 +451,6 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn classifies_the_recipes_that_share_lock_directories() {
-        let c = classify("_c_0f8e3f4c-8a1b-4a53-9b0e-2c7f4d1e9a10-lock-0000000007").unwrap();
-        assert_eq!((c.kind, c.seq), (NodeKind::CuratorMutex, 7));
-        assert_eq!(classify("lock-0000000003").unwrap().kind, NodeKind::CuratorMutex);
-        assert_eq!(classify("_c_x-__READ__0000000001").unwrap().kind, NodeKind::CuratorRead);
-        assert_eq!(classify("_c_x-__WRIT__0000000001").unwrap().kind, NodeKind::CuratorWrite);
-        let k = classify("3b1f0c2d9e8a4b7c6d5e4f3a2b1c0d9e__lock__0000000012").unwrap();
-        assert_eq!((k.kind, k.seq), (NodeKind::KazooLock, 12));
-        assert_eq!(classify("ab__rlock__0000000002").unwrap().kind, NodeKind::KazooRead);
-        assert_eq!(classify("_c_x-lock-0000000000000000009").unwrap().seq, 9);
-    }
-
-    #[test]
-    fn rejects_what_it_cannot_classify() {
-        for name in
-            ["config", "lock", "lock-12", "__lock__0000000001", "_c_x-lock-00000000a1", "leader-0000000001", "-lock-"]
-        {
-            assert_eq!(classify(name), None, "{name}");
-        }
     }
 
     #[test]

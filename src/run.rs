@@ -18,6 +18,7 @@ use crate::deadline::Enforcer;
 use crate::exit;
 use crate::lock::{self, Acquired, OurNode, Recipe};
 use crate::nodedata::NodeData;
+use crate::queue::Mode;
 use crate::session::{Monitor, Watchdog};
 use crate::signals::Signals;
 use crate::supervise::{Outcome, Supervisor};
@@ -79,7 +80,7 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
     // before the first listing.
     let no_wait = args.no_wait || args.wait.is_some_and(|w| w.is_zero());
     let wait_deadline = args.wait.filter(|_| !no_wait).map(|w| tokio::time::Instant::now() + w);
-    let job = Job { args: &args, program, connect, no_wait, wait_deadline, started_at, t0 };
+    let job = Job { args: &args, program, connect, no_wait, mode: Mode::Exclusive, wait_deadline, started_at, t0 };
     loop {
         let client = tokio::select! {
             r = job.connect.connect() => r?,
@@ -119,6 +120,7 @@ struct Job<'a> {
     connect: ConnectOptions,
     /// `--no-wait`, or `--wait 0s`.
     no_wait: bool,
+    mode: Mode,
     /// `--wait` counts from the first attempt, across re-queues after a session expiry.
     wait_deadline: Option<tokio::time::Instant>,
     started_at: SystemTime,
@@ -168,7 +170,7 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
 
     let mut doc = NodeData::for_this_process(args.label.as_deref(), &args.command[0], started_at);
     let data = doc.to_bytes();
-    let recipe = Recipe::new(client, &args.lock, &job.connect, clock);
+    let recipe = Recipe::new(client, &args.lock, job.mode, &job.connect, clock);
     let mut created: Option<OurNode> = None;
     // The command may start only with a confirmation younger than half the threshold (below);
     // a woken waiter refreshes one older than a quarter of it while it lists.

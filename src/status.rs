@@ -9,8 +9,9 @@ use serde::Serialize;
 use zookeeper_client::{Client, MultiReadResult, Stat};
 
 use crate::cli::StatusArgs;
-use crate::lock::{self, classify, NodeKind};
+use crate::lock;
 use crate::nodedata::NodeData;
+use crate::queue::{self, classify};
 use crate::signals::Signals;
 
 /// Version of the JSON document printed by `--json`.
@@ -42,7 +43,12 @@ pub struct LockReport {
     /// False when the lock path does not exist (the lock is then free).
     pub exists: bool,
     pub held: bool,
+    /// `--limit N` of a semaphore path, else null.
+    pub limit: Option<u32>,
+    /// The first holder (of several, for shared and limited locks).
     pub holder: Option<Contender>,
+    /// Every holder, in queue order.
+    pub holders: Vec<Contender>,
     /// In queue order: the first is next.
     pub waiters: Vec<Contender>,
     /// Children that take no part in any known lock recipe.
@@ -50,14 +56,17 @@ pub struct LockReport {
 }
 
 /// A holder or waiter.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Contender {
     pub node: String,
-    /// `zklock`, `curator`, `curator-read`, `curator-write`, `kazoo` or `kazoo-read`.
+    /// `zklock`, `zklock-read`, `zklock-write`, `zklock-limit`, `curator`, `curator-read`,
+    /// `curator-write`, `kazoo` or `kazoo-read`.
     pub kind: &'static str,
     pub sequence: i64,
-    /// 0 for the holder, 1 for the next in line, ...
+    /// Place in the queue: 0 for the first, ...
     pub position: usize,
+    /// Whether it holds the lock (by the queue rule of its kind).
+    pub holding: bool,
     pub session_id: String,
     pub fencing_token: i64,
     /// When the node was created, i.e. joined the queue.
@@ -123,17 +132,6 @@ fn summarize_read(data: Option<&[u8]>) -> String {
     data.map_or_else(|| "(not readable: ACL)".into(), summarize)
 }
 
-fn kind_name(kind: NodeKind, ours: bool) -> &'static str {
-    match kind {
-        NodeKind::CuratorMutex if ours => "zklock",
-        NodeKind::CuratorMutex => "curator",
-        NodeKind::CuratorRead => "curator-read",
-        NodeKind::CuratorWrite => "curator-write",
-        NodeKind::KazooLock => "kazoo",
-        NodeKind::KazooRead => "kazoo-read",
-    }
-}
-
 /// A node of a lock directory as read: its data (`None` when its ACL does not let us read
 /// it) and its stat.
 type ReadNode = (Option<Vec<u8>>, Stat);
@@ -192,7 +190,9 @@ pub async fn inspect(client: &Client, path: &str, now: SystemTime) -> Result<Loc
                 path: path.into(),
                 exists: false,
                 held: false,
+                limit: None,
                 holder: None,
+                holders: vec![],
                 waiters: vec![],
                 other_nodes: vec![],
             })
@@ -226,10 +226,18 @@ async fn report_from_children(
     }
     queue.sort_by_key(|(c, _, _)| c.seq);
     other_nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    let mut contenders = queue.into_iter().enumerate().map(|(position, (c, data, stat))| {
-        let doc = if c.kind == NodeKind::CuratorMutex { data.as_deref().and_then(NodeData::parse) } else { None };
+    let order: Vec<queue::Contender> = queue.iter().map(|(c, _, _)| c.clone()).collect();
+    let holding = queue::holders(&order);
+    let limit = order.iter().find_map(|c| match c.kind {
+        queue::NodeKind::Limit(n) => Some(n.get()),
+        _ => None,
+    });
+    let (mut holders, mut waiters) = (Vec::new(), Vec::new());
+    for (position, (c, data, stat)) in queue.into_iter().enumerate() {
+        let doc = data.as_deref().and_then(NodeData::parse);
         let joined = from_millis(stat.ctime);
-        let since = if position == 0 {
+        let holds = holding.contains(&position);
+        let since = if holds {
             doc.as_ref()
                 .and_then(|d| d.acquired_at.as_deref())
                 .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
@@ -237,11 +245,12 @@ async fn report_from_children(
         } else {
             joined
         };
-        Contender {
-            kind: kind_name(c.kind, doc.is_some()),
+        let contender = Contender {
+            kind: c.kind.name(doc.is_some()),
             node: c.name,
             sequence: c.seq,
             position,
+            holding: holds,
             session_id: format!("{:#x}", stat.ephemeral_owner),
             fencing_token: stat.czxid,
             joined_at: rfc3339(joined),
@@ -255,11 +264,23 @@ async fn report_from_children(
             label: doc.as_ref().and_then(|d| d.label.clone()),
             command: doc.as_ref().map(|d| d.command.clone()),
             zklock_version: doc.as_ref().map(|d| d.version.clone()),
+        };
+        if holds {
+            holders.push(contender);
+        } else {
+            waiters.push(contender);
         }
-    });
-    let holder = contenders.next();
-    let waiters = contenders.collect();
-    Ok(LockReport { path: path.into(), exists: true, held: holder.is_some(), holder, waiters, other_nodes })
+    }
+    Ok(LockReport {
+        path: path.into(),
+        exists: true,
+        held: !holders.is_empty(),
+        limit,
+        holder: holders.first().cloned(),
+        holders,
+        waiters,
+        other_nodes,
+    })
 }
 
 /// Every lock below `root`: nodes with lock-node children, and free lock directories — empty,
@@ -320,8 +341,13 @@ pub fn summary_line(r: &LockReport) -> String {
     match (&r.holder, r.exists) {
         (_, false) => format!("{}: free (no such lock path)", r.path),
         (None, true) => format!("{}: free", r.path),
-        (Some(h), true) => {
+        (Some(h), true) if r.holders.len() == 1 => {
             format!("{}: held by {} for {}, {} waiting", r.path, who(h), compact(h.seconds), r.waiters.len())
+        }
+        (Some(_), true) => {
+            let of = r.limit.map(|n| format!(" of at most {n}")).unwrap_or_default();
+            let who: Vec<String> = r.holders.iter().map(who).collect();
+            format!("{}: held by {}{of} ({}), {} waiting", r.path, r.holders.len(), who.join(", "), r.waiters.len())
         }
     }
 }
@@ -349,7 +375,7 @@ fn table(rows: &[Vec<String>]) -> String {
 pub fn render_text(r: &LockReport) -> String {
     let mut out = summary_line(r);
     out.push('\n');
-    let contenders: Vec<&Contender> = r.holder.iter().chain(r.waiters.iter()).collect();
+    let contenders: Vec<&Contender> = r.holders.iter().chain(r.waiters.iter()).collect();
     if !contenders.is_empty() {
         let dash = || "-".to_string();
         let mut rows =
@@ -359,7 +385,7 @@ pub fn render_text(r: &LockReport) -> String {
         for c in contenders {
             rows.push(vec![
                 c.position.to_string(),
-                if c.position == 0 { "holding" } else { "waiting" }.into(),
+                if c.holding { "holding" } else { "waiting" }.into(),
                 compact(c.seconds),
                 format!("{} ago", compact(c.joined_seconds_ago)),
                 c.host.clone().unwrap_or_else(dash),
@@ -388,6 +414,9 @@ pub fn render_recursive(reports: &[LockReport]) -> String {
     let mut rows = vec![["LOCK", "STATE", "HOLDER", "FOR", "WAITING"].map(String::from).to_vec()];
     for r in reports {
         let (state, holder, held_for) = match &r.holder {
+            Some(h) if r.holders.len() > 1 => {
+                ("held", format!("{} holders, first {}", r.holders.len(), who(h)), compact(h.seconds))
+            }
             Some(h) => ("held", who(h), compact(h.seconds)),
             None => ("free", "-".into(), "-".into()),
         };
@@ -505,7 +534,7 @@ async fn watch(client: &Client, paths: &[String], quiet: bool) -> Result<u8> {
 }
 
 async fn watch_one(client: &Client, path: &str, quiet: bool) -> Result<()> {
-    let mut last: Option<(bool, Vec<String>)> = None;
+    let mut last: Option<(bool, Vec<(String, bool)>)> = None;
     loop {
         let watched = crate::zk::retry(client, || client.list_and_watch_children(path)).await;
         let (report, watcher) = match watched {
@@ -516,7 +545,10 @@ async fn watch_one(client: &Client, path: &str, quiet: bool) -> Result<()> {
             Err(zookeeper_client::Error::NoAuth) => return Err(no_auth_on(path, "watch")),
             Err(e) => return Err(e).with_context(|| format!("cannot watch {path}")),
         };
-        let key = (report.exists, report.holder.iter().chain(&report.waiters).map(|c| c.node.clone()).collect());
+        let key = (
+            report.exists,
+            report.holders.iter().chain(&report.waiters).map(|c| (c.node.clone(), c.holding)).collect(),
+        );
         if last.as_ref() != Some(&key) {
             if !quiet {
                 use std::io::Write;
@@ -571,7 +603,9 @@ mod tests {
             path: "/a".into(),
             exists: false,
             held: false,
+            limit: None,
             holder: None,
+            holders: vec![],
             waiters: vec![],
             other_nodes: vec![],
         };
