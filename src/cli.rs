@@ -41,18 +41,7 @@ impl Examples {
     }
 }
 
-pub const RUN_EXIT_STATUS: DocSection = DocSection {
-    title: "Exit status",
-    rows: &[
-        ("N", "the command's own exit status"),
-        ("128+N", "the command died of signal N (or zklock got signal N while waiting for the lock)"),
-        ("75", "lock not acquired: --no-wait found it held, or --wait ran out (change with -E)"),
-        ("124", "the lock was lost while the command ran, and zklock stopped it (never 0 after a loss)"),
-        ("125", "zklock failed: usage, bad lock path, no server, authentication or TLS refused, not authorised (ACL), budget that does not fit, unknown node in the lock directory"),
-        ("126", "the command is not executable"),
-        ("127", "the command was not found"),
-    ],
-};
+pub const RUN_EXIT_STATUS: DocSection = DocSection { title: "Exit status", rows: &crate::exit::RUN_ROWS };
 
 pub const RUN_ENV_GIVEN: DocSection = DocSection {
     title: "Environment given to the command",

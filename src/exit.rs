@@ -12,12 +12,100 @@ pub const CONFLICT_DEFAULT: u8 = 75;
 pub const LOCK_LOST: u8 = 124;
 /// zklock itself failed before (or instead of) running the command.
 pub const FAILURE: u8 = 125;
+/// The command held the lock for `--timeout` and zklock stopped it.
+pub const TIMED_OUT: u8 = 123;
 /// The command was found but could not be executed.
 pub const NOT_EXECUTABLE: u8 = 126;
 /// The command was not found.
 pub const NOT_FOUND: u8 = 127;
 /// Added to a signal number when the command (or zklock while waiting) died of that signal.
 pub const SIGNAL_BASE: u8 = 128;
+
+/// Every status `zklock run` exits with: one enum, from which `--help`, the man pages and
+/// the README's table are made, so that they cannot drift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Child,
+    Signal,
+    Conflict,
+    TimedOut,
+    LockLost,
+    Failure,
+    NotExecutable,
+    NotFound,
+}
+
+impl Status {
+    /// In the order of the documented table.
+    pub const ALL: [Status; 8] = [
+        Status::Child,
+        Status::Signal,
+        Status::Conflict,
+        Status::TimedOut,
+        Status::LockLost,
+        Status::Failure,
+        Status::NotExecutable,
+        Status::NotFound,
+    ];
+
+    /// The fixed status, where there is one.
+    pub const fn code(self) -> Option<u8> {
+        match self {
+            Status::Child | Status::Signal => None,
+            Status::Conflict => Some(CONFLICT_DEFAULT),
+            Status::TimedOut => Some(TIMED_OUT),
+            Status::LockLost => Some(LOCK_LOST),
+            Status::Failure => Some(FAILURE),
+            Status::NotExecutable => Some(NOT_EXECUTABLE),
+            Status::NotFound => Some(NOT_FOUND),
+        }
+    }
+
+    /// The table's row: the status as written, and what it means.
+    pub const fn row(self) -> (&'static str, &'static str) {
+        match self {
+            Status::Child => ("N", "the command's own exit status"),
+            Status::Signal => {
+                ("128+N", "the command died of signal N (or zklock got signal N while waiting for the lock)")
+            }
+            Status::Conflict => ("75", "lock not acquired: --no-wait found it held, or --wait ran out (change with -E)"),
+            Status::TimedOut => {
+                ("123", "the command held the lock for --timeout, and zklock stopped it (never 0 after a timeout)")
+            }
+            Status::LockLost => {
+                ("124", "the lock was lost while the command ran, and zklock stopped it (never 0 after a loss)")
+            }
+            Status::Failure => (
+                "125",
+                "zklock failed: usage, bad lock path, no server, authentication or TLS refused, not authorised (ACL), \
+                 budget that does not fit, a queue it must not join (--limit mismatch), unknown node in the lock directory",
+            ),
+            Status::NotExecutable => ("126", "the command is not executable"),
+            Status::NotFound => ("127", "the command was not found"),
+        }
+    }
+}
+
+/// The rows of the `zklock run` exit-status table.
+pub const RUN_ROWS: [(&str, &str); 8] = [
+    Status::ALL[0].row(),
+    Status::ALL[1].row(),
+    Status::ALL[2].row(),
+    Status::ALL[3].row(),
+    Status::ALL[4].row(),
+    Status::ALL[5].row(),
+    Status::ALL[6].row(),
+    Status::ALL[7].row(),
+];
+
+/// The table as Markdown, as the README carries it.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| status | meaning |\n|---|---|\n");
+    for (term, meaning) in RUN_ROWS {
+        out.push_str(&format!("| {term} | {meaning} |\n"));
+    }
+    out
+}
 
 /// Writes one line to stderr, never panicking (unlike `eprintln!`): a closed or broken stderr
 /// must not turn an exit status into a panic.
@@ -87,8 +175,19 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_table_is_the_codes() {
+        for status in Status::ALL {
+            let (term, _) = status.row();
+            match status.code() {
+                Some(code) => assert_eq!(term, code.to_string(), "{status:?}"),
+                None => assert!(term.contains('N'), "{status:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn table_is_distinct() {
-        let codes = [SUCCESS, CONFLICT_DEFAULT, LOCK_LOST, FAILURE, NOT_EXECUTABLE, NOT_FOUND];
+        let codes = [SUCCESS, CONFLICT_DEFAULT, TIMED_OUT, LOCK_LOST, FAILURE, NOT_EXECUTABLE, NOT_FOUND];
         for (i, a) in codes.iter().enumerate() {
             for b in &codes[i + 1..] {
                 assert_ne!(a, b);

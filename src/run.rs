@@ -154,10 +154,36 @@ impl From<u8> for Held {
     }
 }
 
-/// Everything that needs the session: budget, acquisition, the command, release of the node.
+/// Everything that needs the session, in its phases: acquire, confirm, start, supervise,
+/// release, exit.
 async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<Held> {
-    let Job { args, ref program, wait_deadline, started_at, t0, .. } = *job;
     let clock = BootClock;
+    let budget = budget(client, job.args)?;
+    let mut doc = NodeData::for_this_process(job.args.label.as_deref(), &job.args.command[0], job.started_at);
+    let recipe = Recipe::new(client, &job.args.lock, job.mode, &job.connect, clock);
+    let (node, waited, confirmed) = match acquire(client, job, &recipe, &budget, &doc, signals).await {
+        Ok(Won { node, waited, confirmed }) => (node, waited, confirmed),
+        Err(Lost(held)) => return held,
+    };
+    let t_ok = confirm(client, &recipe, &node, &budget, confirmed).await?;
+    if waited {
+        mark_acquired(client, &node, &mut doc);
+    }
+    let mut child = match start(client, job, &node) {
+        Ok(child) => child,
+        Err(code) => {
+            abandon(&recipe, Some(&node)).await;
+            return Ok(code.into());
+        }
+    };
+    let (outcome, guard) = supervise(client, job, &node, &budget, t_ok, &mut child, signals).await;
+    let deleting = release(client, &node);
+    let code = exit_code(job.args, outcome)?;
+    Ok(Held { code, deleting: Some(deleting), guard })
+}
+
+/// The safety budget for the negotiated session timeout.
+fn budget(client: &Client, args: &RunArgs) -> Result<Budget> {
     let session_timeout = client.session_timeout();
     debug!("connected: session {} with a negotiated timeout of {session_timeout:?}", client.session_id());
     let budget = Budget::compute(BudgetRequest {
@@ -167,15 +193,35 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
         grace: args.grace,
     })?;
     debug!("{}", budget.describe());
+    Ok(budget)
+}
 
-    let mut doc = NodeData::for_this_process(args.label.as_deref(), &args.command[0], started_at);
+/// The lock is ours: our node, whether we waited, and the latest confirmed send time.
+struct Won {
+    node: OurNode,
+    waited: bool,
+    confirmed: Duration,
+}
+
+/// The lock is not ours, and `hold` ends with this (our node, if any, already deleted).
+struct Lost(Result<Held>);
+
+/// Phase 1: create our node and wait for our turn, or give up (signal, --wait, --no-wait,
+/// session ended), deleting what we created.
+async fn acquire<C: Clock>(
+    client: &Client,
+    job: &Job<'_>,
+    recipe: &Recipe<'_, C>,
+    budget: &Budget,
+    doc: &NodeData,
+    signals: &mut Signals,
+) -> Result<Won, Lost> {
+    let args = job.args;
     let data = doc.to_bytes();
-    let recipe = Recipe::new(client, &args.lock, job.mode, &job.connect, clock);
     let mut created: Option<OurNode> = None;
-    // The command may start only with a confirmation younger than half the threshold (below);
-    // a woken waiter refreshes one older than a quarter of it while it lists.
+    // The command may start only with a confirmation younger than half the threshold (see
+    // `confirm`); a woken waiter refreshes one older than a quarter of it while it lists.
     let pace = lock::Pace { heartbeat: budget.heartbeat, recheck_after: budget.threshold / 4 };
-
     let end = {
         let acquire = async {
             let (node, listed) = recipe.create(&data).await?;
@@ -185,53 +231,60 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
         tokio::select! {
             r = acquire => WaitEnd::Done(r),
             sig = signals.recv_terminating() => WaitEnd::Signal(sig),
-            () = async { match wait_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => WaitEnd::TimedOut,
+            () = async { match job.wait_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => WaitEnd::TimedOut,
             state = session_ended(client) => WaitEnd::SessionEnded(state),
         }
     };
-    let (waited, confirmed) = match end {
-        WaitEnd::Done(Ok(Acquired::Yes { waited, confirmed })) => (waited, confirmed),
-        other => {
-            // Say why first: deleting our node may wait for a reconnect.
-            let outcome = match other {
-                WaitEnd::Done(Ok(Acquired::Held { ahead })) => {
-                    info!("{} is held ({ahead} ahead of us); not waiting (--no-wait)", args.lock);
-                    Ok(args.conflict_exit_code)
-                }
-                WaitEnd::Signal(sig) => {
-                    info!("got {sig} while waiting for {}; giving up", args.lock);
-                    Ok(exit::from_signal(sig as i32))
-                }
-                WaitEnd::TimedOut => {
-                    warn!(
-                        "gave up waiting for {} after {}",
-                        args.lock,
-                        humantime::format_duration(args.wait.unwrap_or_default())
-                    );
-                    Ok(args.conflict_exit_code)
-                }
-                WaitEnd::SessionEnded(SessionState::Expired) => Err(ExpiredWhileWaiting.into()),
-                WaitEnd::SessionEnded(state) => {
-                    Err(anyhow!("the ZooKeeper session ended while waiting for {} ({state})", args.lock))
-                }
-                // A request that failed because the session expired is the same event.
-                WaitEnd::Done(Err(_)) if client.state() == SessionState::Expired => Err(ExpiredWhileWaiting.into()),
-                WaitEnd::Done(Err(e)) => Err(e),
-                WaitEnd::Done(Ok(Acquired::Yes { .. })) => unreachable!("handled above"),
-            };
-            abandon(&recipe, created.as_ref()).await;
-            return outcome.map(Held::from);
+    // Say why first: deleting our node may wait for a reconnect.
+    let outcome = match end {
+        WaitEnd::Done(Ok(Acquired::Yes { waited, confirmed })) => {
+            let node = created.expect("an acquired lock has a node");
+            return Ok(Won { node, waited, confirmed });
         }
+        WaitEnd::Done(Ok(Acquired::Held { ahead })) => {
+            info!("{} is held ({ahead} ahead of us); not waiting (--no-wait)", args.lock);
+            Ok(args.conflict_exit_code)
+        }
+        WaitEnd::Signal(sig) => {
+            info!("got {sig} while waiting for {}; giving up", args.lock);
+            Ok(exit::from_signal(sig as i32))
+        }
+        WaitEnd::TimedOut => {
+            warn!(
+                "gave up waiting for {} after {}",
+                args.lock,
+                humantime::format_duration(args.wait.unwrap_or_default())
+            );
+            Ok(args.conflict_exit_code)
+        }
+        WaitEnd::SessionEnded(SessionState::Expired) => Err(ExpiredWhileWaiting.into()),
+        WaitEnd::SessionEnded(state) => {
+            Err(anyhow!("the ZooKeeper session ended while waiting for {} ({state})", args.lock))
+        }
+        // A request that failed because the session expired is the same event.
+        WaitEnd::Done(Err(_)) if client.state() == SessionState::Expired => Err(ExpiredWhileWaiting.into()),
+        WaitEnd::Done(Err(e)) => Err(e),
     };
-    let node = created.clone().expect("an acquired lock has a node");
+    abandon(recipe, created.as_ref()).await;
+    Err(Lost(outcome.map(Held::from)))
+}
 
-    // t_ok: the leader validated our session after this was sent (our create, or a check). If
-    // that is not recent (a long wait, or a reconnect delayed the listing), confirm through the
-    // leader again before starting the command: it must never start with its deadline close.
+/// Phase 2: `t_ok`. The leader validated our session after `confirmed` was sent (our create,
+/// or a check). If that is not recent (a long wait, or a reconnect delayed the listing),
+/// confirm through the leader again before starting the command: it must never start with
+/// its deadline close.
+async fn confirm<C: Clock>(
+    client: &Client,
+    recipe: &Recipe<'_, C>,
+    node: &OurNode,
+    budget: &Budget,
+    confirmed: Duration,
+) -> Result<Duration> {
+    let clock = BootClock;
     let mut t_ok = confirmed;
-    let t_ok = loop {
+    loop {
         if clock.now() < t_ok + budget.threshold / 2 {
-            break t_ok;
+            return Ok(t_ok);
         }
         debug!("confirming our session through the leader before starting the command");
         let sent = clock.now();
@@ -240,66 +293,86 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
         })
         .await;
         if let Err(e) = confirmed {
-            abandon(&recipe, Some(&node)).await;
+            abandon(recipe, Some(node)).await;
             if client.state() == SessionState::Expired {
                 return Err(ExpiredWhileWaiting.into());
             }
             bail!("lost the lock before the command could start: {e}");
         }
         t_ok = sent;
-    };
-
-    // Record when a waiter acquired, for `zklock status`. Informational only: its reply is
-    // awaited on a task of its own, so that neither the handoff nor supervision waits for it.
-    if waited {
-        doc.acquired_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
-        let marked = client.set_data(&node.path, &doc.to_bytes(), None);
-        tokio::spawn(async move {
-            if let Err(e) = marked.await {
-                debug!("cannot record the acquisition time in the lock node: {e}");
-            }
-        });
     }
+}
 
+/// Records when a waiter acquired, for `zklock status` (and, under `--limit`, to wake the
+/// waiter behind us). Informational: its reply is awaited on a task of its own, so that
+/// neither the handoff nor supervision waits for it.
+fn mark_acquired(client: &Client, node: &OurNode, doc: &mut NodeData) {
+    doc.acquired_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
+    let marked = client.set_data(&node.path, &doc.to_bytes(), None);
+    tokio::spawn(async move {
+        if let Err(e) = marked.await {
+            debug!("cannot record the acquisition time in the lock node: {e}");
+        }
+    });
+}
+
+/// Phase 3: the command, with the lock's environment; `Err` is the exit status when it
+/// cannot be started.
+fn start(client: &Client, job: &Job<'_>, node: &OurNode) -> Result<Child, u8> {
+    let args = job.args;
     let env = [
         ("ZKLOCK_LOCK", args.lock.clone()),
         ("ZKLOCK_NODE", node.path.clone()),
         ("ZKLOCK_FENCING_TOKEN", node.czxid.to_string()),
         ("ZKLOCK_SESSION_ID", client.session_id().to_string()),
     ];
-    let mut child: Child = match child::spawn(program, &args.command, &env) {
-        Ok(c) => c,
+    match child::spawn(&job.program, &args.command, &env) {
+        Ok(child) => {
+            info!(
+                "acquired {} in {:.1?} (token {}); started {} as pid {}",
+                args.lock,
+                job.t0.elapsed(),
+                node.czxid,
+                args.command[0].to_string_lossy(),
+                child.pid()
+            );
+            Ok(child)
+        }
         Err(e) => {
             // Through the non-blocking log: the lock is still held here.
             tracing::error!("cannot run '{}': {e}", args.command[0].to_string_lossy());
-            abandon(&recipe, Some(&node)).await;
-            return Ok(exit::from_spawn_error(&e).into());
+            Err(exit::from_spawn_error(&e))
         }
-    };
-    info!(
-        "acquired {} in {:.1?} (token {}); started {} as pid {}",
-        args.lock,
-        t0.elapsed(),
-        node.czxid,
-        args.command[0].to_string_lossy(),
-        child.pid()
-    );
+    }
+}
 
-    let enforcer = Enforcer::start(Watchdog::new(&budget, t_ok), child.pgid(), args.kill_signal, clock);
+/// Phase 4: supervise the command until it and its whole group are gone (the enforcer keeps
+/// the deadline meanwhile), then hold on for `--min-hold`. Returns how it ended, and the
+/// disarmed guard process.
+async fn supervise(
+    client: &Client,
+    job: &Job<'_>,
+    node: &OurNode,
+    budget: &Budget,
+    t_ok: Duration,
+    child: &mut Child,
+    signals: &mut Signals,
+) -> (Outcome, Option<child::Guard>) {
+    let (args, clock) = (job.args, BootClock);
+    let enforcer = Enforcer::start(Watchdog::new(budget, t_ok), child.pgid(), args.kill_signal, clock);
     let mut guard = child.guard().map_err(|e| warn!("cannot start the guard process: {e}")).ok();
     let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
     let acquired = tokio::time::Instant::now();
-    let Outcome { status, loss, straggler_grace } =
-        Supervisor { child: &mut child, monitor: &mut monitor, signals, enforcer: &enforcer, clock }.run().await;
+    let outcome = Supervisor { child, monitor: &mut monitor, signals, enforcer: &enforcer, clock }.run().await;
 
     // Release order: the command and its whole group gone -> our node deleted -> session
     // closed (by the caller). The enforcer keeps the deadline while stragglers are stopped.
-    child.drain(args.kill_signal, straggler_grace).await;
+    child.drain(args.kill_signal, outcome.straggler_grace).await;
     enforcer.finish();
     if let Some(guard) = guard.as_mut() {
         guard.disarm();
     }
-    if let (Some(min), None) = (args.min_hold, loss) {
+    if let (Some(min), None) = (args.min_hold, outcome.loss) {
         // Keep the lock a while after a fast command, so that contenders started a little
         // later (cron on hosts with skewed clocks) find it held and skip with -n.
         tokio::select! {
@@ -310,20 +383,27 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
     // Stopped first: stopped after the delete, the client sends the removal of the watch on
     // our node after the session's close, and reconnects for it.
     monitor.stop().await;
-    // Sent now; its reply is awaited once the session's close is queued behind it (the server
-    // applies both in order), which saves a round trip on every release.
-    let deleting: PendingDelete = (node.path.clone(), Box::pin(client.delete(&node.path, None)));
+    (outcome, guard)
+}
 
-    let code = match (loss, status) {
+/// Phase 5: the delete of our node, sent now; its reply is awaited once the session's close
+/// is queued behind it (the server applies both in order), which saves a round trip on every
+/// release.
+fn release(client: &Client, node: &OurNode) -> PendingDelete {
+    (node.path.clone(), Box::pin(client.delete(&node.path, None)))
+}
+
+/// Phase 6: the exit status.
+fn exit_code(args: &RunArgs, outcome: Outcome) -> Result<u8> {
+    match (outcome.loss, outcome.status) {
         (Some(why), _) => {
             crate::exit::say(format_args!(
                 "zklock: error: lost {} while the command ran ({why}); the command was stopped",
                 args.lock
             ));
-            exit::LOCK_LOST
+            Ok(exit::LOCK_LOST)
         }
-        (None, Ok(status)) => exit::from_child(status),
+        (None, Ok(status)) => Ok(exit::from_child(status)),
         (None, Err(e)) => bail!("lost track of the command: {e}"),
-    };
-    Ok(Held { code, deleting: Some(deleting), guard })
+    }
 }

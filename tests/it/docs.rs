@@ -153,6 +153,23 @@ fn generated_docs_are_current() {
     assert!(stale.is_empty(), "out of date: {stale:?}; rewrite with ZKLOCK_UPDATE_DOCS=1 cargo test --test it docs::");
 }
 
+/// The README's exit-status table is made from the same enum as `--help` and the man pages.
+#[test]
+fn readme_exit_table_is_the_enum() {
+    const START: &str = "<!-- exit-status: made from src/exit.rs by the docs tests -->\n";
+    const END: &str = "<!-- /exit-status -->";
+    let path = root().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let a = readme.find(START).expect("README has the exit-status markers") + START.len();
+    let b = a + readme[a..].find(END).expect("README has the end marker");
+    let table = zklock::exit::markdown_table();
+    if std::env::var_os("ZKLOCK_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, format!("{}{table}{}", &readme[..a], &readme[b..])).unwrap();
+    } else {
+        assert_eq!(&readme[a..b], table, "README's exit table is out of date; rewrite with ZKLOCK_UPDATE_DOCS=1");
+    }
+}
+
 #[test]
 fn man_pages_render_cleanly_with_the_documented_sections() {
     for (rel, needles) in [
