@@ -290,6 +290,22 @@ pub struct RunArgs {
     #[arg(long, default_value = "TERM", value_parser = parse_signal, value_name = "SIGNAL", help_heading = "Safety")]
     pub kill_signal: Signal,
 
+    /// At most N commands hold the lock at once (a semaphore); every participant must give the same N
+    #[arg(long, value_name = "N", conflicts_with_all = ["shared", "write"], help_heading = "Mode")]
+    pub limit: Option<std::num::NonZeroU32>,
+
+    /// Take the lock shared (a read lock): readers run together, never beside a writer (Curator's InterProcessReadWriteLock)
+    #[arg(long, conflicts_with = "write", help_heading = "Mode")]
+    pub shared: bool,
+
+    /// Take the write side of a read-write lock: alone, never beside a reader or another writer
+    #[arg(long, help_heading = "Mode")]
+    pub write: bool,
+
+    /// Stop the command (stop signal, grace, SIGKILL) once it has held the lock this long, and exit 123
+    #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION", help_heading = "Safety")]
+    pub timeout: Option<Duration>,
+
     /// Keep holding the lock until this long after acquiring it, even if the command ends sooner
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Lock node")]
     pub min_hold: Option<Duration>,

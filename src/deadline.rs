@@ -71,7 +71,11 @@ impl Shared {
                     if !killing {
                         send(self.pgid, Signal::SIGCONT);
                     }
-                    error!("lock lost: {why}; sent {} to the command", self.stop_signal);
+                    if why == Loss::MaxHold {
+                        warn!("{why}; sent {} to the command", self.stop_signal);
+                    } else {
+                        error!("lock lost: {why}; sent {} to the command", self.stop_signal);
+                    }
                 }
                 Action::Kill => {
                     send(self.pgid, Signal::SIGKILL);

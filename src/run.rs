@@ -19,7 +19,7 @@ use crate::exit;
 use crate::lock::{self, Acquired, OurNode, Recipe};
 use crate::nodedata::NodeData;
 use crate::queue::Mode;
-use crate::session::{Monitor, Watchdog};
+use crate::session::{Loss, Monitor, Watchdog};
 use crate::signals::Signals;
 use crate::supervise::{Outcome, Supervisor};
 use crate::zk::{self, ConnectOptions, PendingDelete};
@@ -80,7 +80,13 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
     // before the first listing.
     let no_wait = args.no_wait || args.wait.is_some_and(|w| w.is_zero());
     let wait_deadline = args.wait.filter(|_| !no_wait).map(|w| tokio::time::Instant::now() + w);
-    let job = Job { args: &args, program, connect, no_wait, mode: Mode::Exclusive, wait_deadline, started_at, t0 };
+    let mode = match (args.limit, args.shared, args.write) {
+        (Some(n), _, _) => Mode::Limit(n),
+        (None, true, _) => Mode::Read,
+        (None, false, true) => Mode::Write,
+        (None, false, false) => Mode::Exclusive,
+    };
+    let job = Job { args: &args, program, connect, no_wait, mode, wait_deadline, started_at, t0 };
     loop {
         let client = tokio::select! {
             r = job.connect.connect() => r?,
@@ -359,7 +365,10 @@ async fn supervise(
     signals: &mut Signals,
 ) -> (Outcome, Option<child::Guard>) {
     let (args, clock) = (job.args, BootClock);
-    let enforcer = Enforcer::start(Watchdog::new(budget, t_ok), child.pgid(), args.kill_signal, clock);
+    // --timeout counts from the start of the command, on the deadline clock.
+    let max_hold_at = args.timeout.map(|d| clock.now() + d);
+    let watchdog = Watchdog::new(budget, t_ok).with_max_hold(max_hold_at);
+    let enforcer = Enforcer::start(watchdog, child.pgid(), args.kill_signal, clock);
     let mut guard = child.guard().map_err(|e| warn!("cannot start the guard process: {e}")).ok();
     let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
     let acquired = tokio::time::Instant::now();
@@ -396,6 +405,14 @@ fn release(client: &Client, node: &OurNode) -> PendingDelete {
 /// Phase 6: the exit status.
 fn exit_code(args: &RunArgs, outcome: Outcome) -> Result<u8> {
     match (outcome.loss, outcome.status) {
+        (Some(Loss::MaxHold), _) => {
+            crate::exit::say(format_args!(
+                "zklock: error: the command held {} for --timeout {}; it was stopped",
+                args.lock,
+                humantime::format_duration(args.timeout.unwrap_or_default())
+            ));
+            Ok(exit::TIMED_OUT)
+        }
         (Some(why), _) => {
             crate::exit::say(format_args!(
                 "zklock: error: lost {} while the command ran ({why}); the command was stopped",

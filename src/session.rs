@@ -26,6 +26,8 @@ pub enum Loss {
     OwnerChanged,
     /// The client closed or failed authentication: we can no longer prove anything.
     SessionEnded,
+    /// Not a loss of the lock: the command held it for `--timeout`, and is stopped the same way.
+    MaxHold,
 }
 
 impl fmt::Display for Loss {
@@ -36,6 +38,7 @@ impl fmt::Display for Loss {
             Loss::NodeDeleted => "our lock node was deleted",
             Loss::OwnerChanged => "our lock node is owned by another session",
             Loss::SessionEnded => "the ZooKeeper session ended",
+            Loss::MaxHold => "the command held the lock for --timeout",
         })
     }
 }
@@ -67,6 +70,8 @@ pub struct Watchdog {
     stage: Stage,
     pending_stop: Option<Loss>,
     loss: Option<Loss>,
+    /// `--timeout`: when the command must be stopped however well the session does.
+    max_hold_at: Option<Duration>,
 }
 
 impl Watchdog {
@@ -79,7 +84,14 @@ impl Watchdog {
             stage: Stage::Holding,
             pending_stop: None,
             loss: None,
+            max_hold_at: None,
         }
+    }
+
+    /// Stops the command at `at` (on the deadline clock) as after a loss: `--timeout`.
+    pub fn with_max_hold(mut self, at: Option<Duration>) -> Self {
+        self.max_hold_at = at;
+        self
     }
 
     pub fn t_ok(&self) -> Duration {
@@ -122,6 +134,10 @@ impl Watchdog {
             return Some(Action::Stop(why));
         }
         match self.stage {
+            Stage::Holding if self.max_hold_at.is_some_and(|at| now >= at) && now < self.t_ok + self.threshold => {
+                self.lost(now, Loss::MaxHold);
+                self.poll(now)
+            }
             Stage::Holding if now >= self.t_ok + self.threshold => {
                 self.lost(now, Loss::Deadline);
                 // Measured from t_ok, not from now: a late wake-up does not buy more time.
@@ -139,7 +155,9 @@ impl Watchdog {
     /// When `poll` will next have something to do.
     pub fn next_wake(&self) -> Option<Duration> {
         match self.stage {
-            Stage::Holding => Some(self.t_ok + self.threshold),
+            Stage::Holding => {
+                Some(self.max_hold_at.map_or(self.t_ok + self.threshold, |at| at.min(self.t_ok + self.threshold)))
+            }
             Stage::Stopping { kill_at } => Some(kill_at),
             Stage::Killed => None,
         }
@@ -355,6 +373,23 @@ mod tests {
         assert_eq!(w.poll(ms(60_000)), None);
         assert_eq!(w.next_wake(), None);
         assert_eq!(w.loss(), Some(Loss::Deadline));
+    }
+
+    #[test]
+    fn max_hold_stops_like_a_loss_and_never_later_than_the_deadline() {
+        let mut w = Watchdog::new(&budget(), ms(0)).with_max_hold(Some(ms(3_000)));
+        assert_eq!(w.next_wake(), Some(ms(3_000)));
+        w.confirmed(ms(2_000));
+        assert_eq!(w.poll(ms(2_999)), None);
+        assert_eq!(w.poll(ms(3_000)), Some(Action::Stop(Loss::MaxHold)));
+        assert_eq!(w.next_wake(), Some(ms(4_950))); // + grace
+        assert_eq!(w.poll(ms(4_950)), Some(Action::Kill));
+        assert_eq!(w.loss(), Some(Loss::MaxHold));
+        // Past the deadline as well: the deadline's reason and SIGKILL time win.
+        let mut w = Watchdog::new(&budget(), ms(0)).with_max_hold(Some(ms(5_000)));
+        assert_eq!(w.next_wake(), Some(ms(4_550)));
+        assert_eq!(w.poll(ms(6_000)), Some(Action::Stop(Loss::Deadline)));
+        assert_eq!(w.poll(ms(6_500)), Some(Action::Kill));
     }
 
     #[test]
