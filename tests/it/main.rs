@@ -2,6 +2,7 @@ mod badinput;
 mod docs;
 mod faults;
 mod harness_smoke;
+mod interop;
 mod modes;
 mod random;
 mod run;

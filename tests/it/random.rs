@@ -1,4 +1,5 @@
-//! A seeded, bounded randomized run: contenders cycle on one lock through fault-injecting
+//! A seeded, bounded randomized run: contenders cycle on three locks (exclusive, --limit 2,
+//! --shared/--write) through fault-injecting
 //! proxies into a 3-server ensemble (whose quorum links are proxied too) while a nemesis
 //! injects one random fault at a time: client partitions, resets and latency, server kills and
 //! restarts, leader kills, quorum loss, a follower cut from the leader, server and zklock
@@ -23,19 +24,35 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::faults::history::{check, now_ns, History, Hold, Run};
+use crate::faults::history::{check, now_ns, Bound, History, Hold, Run};
 use crate::faults::{serial, settle, Zklock};
 use crate::support::proxy::{Mode, ProxiedEnsemble, Proxy};
 use crate::support::{ZkOptions, READY_TIMEOUT};
 use crate::util::Zk;
 
-const CONTENDERS: usize = 5;
+const CONTENDERS: usize = 8;
 const SERVERS: usize = 3;
 /// The contenders' session timeout (tickTime 500 ms): stop signal 1.87 s, SIGKILL 2.66 s after
 /// the last heartbeat confirmed through the leader.
 const SESSION_TIMEOUT: &str = "4s";
 const T_NS: u64 = 4_000_000_000;
 const LOCK: &str = "/random/lock";
+/// Contenders 3-5 take this one with --limit 2.
+const LIMIT_LOCK: &str = "/random/limit";
+/// Contenders 6 and 7 take this one with --shared (mostly) or --write.
+const RW_LOCK: &str = "/random/rw";
+const LOCKS: [&str; 3] = [LOCK, LIMIT_LOCK, RW_LOCK];
+
+/// Contender `k`'s lock, its extra options and the bound the checker holds it to: 0-2 exclusive
+/// on [`LOCK`], 3-5 `--limit 2`, 6-7 readers and writers.
+fn mode_of(k: usize, rng: &mut Rng) -> (&'static str, &'static [&'static str], Bound) {
+    match k {
+        0..=2 => (LOCK, &[], Bound::Alone),
+        3..=5 => (LIMIT_LOCK, &["--limit", "2"], Bound::Limit(2)),
+        _ if rng.range(0, 9) < 6 => (RW_LOCK, &["--shared"], Bound::Reader),
+        _ => (RW_LOCK, &["--write"], Bound::Alone),
+    }
+}
 /// After the run ends, a zklock still going this much later is stuck: the longest legitimate
 /// one waits behind every other contender's hold and a session expiry, well under this.
 const STUCK_AFTER: Duration = Duration::from_secs(60);
@@ -77,6 +94,8 @@ type Current = Arc<Mutex<Vec<Option<(String, u32)>>>>;
 /// A finished zklock run.
 struct Finished {
     id: String,
+    lock: &'static str,
+    bound: Bound,
     exit: i32,
     spawned: u64,
     exited: u64,
@@ -111,7 +130,9 @@ fn contender(
     while !stop.load(Ordering::SeqCst) {
         let id = format!("c{k}.{n}");
         let waits = rng.range(0, 9) < 3;
+        let (lock, extra, bound) = mode_of(k, &mut rng);
         let mut opts = vec!["-v", "--session-timeout", SESSION_TIMEOUT];
+        opts.extend(extra);
         if waits {
             opts.extend(["--wait", "6s"]);
         }
@@ -119,7 +140,7 @@ fn contender(
         let beats = if rng.range(0, 9) < 7 { rng.range(2, 12) } else { rng.range(20, 80) };
         let hold = Hold::Beats(beats as u32);
         let spawned = now_ns();
-        let mut z = Zklock::spawn(&history, &dir, &id, &connect, Duration::from_millis(500), LOCK, &opts, &hold);
+        let mut z = Zklock::spawn(&history, &dir, &id, &connect, Duration::from_millis(500), lock, &opts, &hold);
         current.lock().unwrap()[k] = Some((id.clone(), z.pid()));
         let mut run_ended: Option<Instant> = None;
         let mut stuck = false;
@@ -143,7 +164,7 @@ fn contender(
             }
             thread::sleep(Duration::from_millis(10));
         };
-        done.push(Finished { id, exit, spawned, exited: now_ns(), waits, stuck });
+        done.push(Finished { id, lock, bound, exit, spawned, exited: now_ns(), waits, stuck });
         thread::sleep(rng.ms(0, 150));
         n += 1;
     }
@@ -334,14 +355,19 @@ fn random_run(default_secs: u64) {
 
     let zk = Zk::connect(&net.ensemble.connect_string());
     // Sessions of zklocks that gave up end within T; give them that, and then some.
-    let mut leaked = settle(&zk, LOCK, Duration::from_nanos(3 * T_NS));
+    let mut leaked: Vec<String> = LOCKS
+        .iter()
+        .flat_map(|l| settle(&zk, l, Duration::from_nanos(3 * T_NS)).into_iter().map(move |n| format!("{l}/{n}")))
+        .collect();
     // A stuck zklock is a liveness failure, unless the servers themselves disagree on the lock
     // directory (a server that lost committed transactions still shows nodes of long-dead
     // sessions ahead of a waiter; seen once with ZooKeeper 3.8.0 after kill/restart faults).
     let stuck = finished.iter().filter(|r| r.stuck).count();
     let views: Vec<Vec<String>> = (0..SERVERS)
         .map(|s| {
-            let mut v = Zk::connect(&net.ensemble.server(s).connect_string()).children(LOCK);
+            let server = Zk::connect(&net.ensemble.server(s).connect_string());
+            let mut v: Vec<String> =
+                LOCKS.iter().flat_map(|l| server.children(l).into_iter().map(move |n| format!("{l}/{n}"))).collect();
             v.sort();
             v
         })
@@ -371,7 +397,7 @@ fn random_run(default_secs: u64) {
             if r.stuck && diverged {
                 allowed.push(128 + Signal::SIGTERM as i32);
             }
-            let mut run = Run::new(&r.id, r.exit, &allowed);
+            let mut run = Run::new(&r.id, r.exit, &allowed).on(r.lock, r.bound);
             for &(from, to) in freezes.get(&r.id).into_iter().flatten() {
                 run = run.excused(from, to);
             }

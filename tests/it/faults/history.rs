@@ -197,10 +197,24 @@ pub fn commands(events: &[Event]) -> BTreeMap<String, Command> {
     out
 }
 
+/// What a run's mode allows beside it, on its lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Nobody (exclusive, or the write side of a read-write lock).
+    Alone,
+    /// Other readers (`--shared`).
+    Reader,
+    /// At most N holders of the same limit in all (`--limit N`).
+    Limit(usize),
+}
+
 /// What the test knows about one zklock run.
 #[derive(Clone, Debug)]
 pub struct Run {
     pub id: String,
+    /// The lock it runs on: only runs on the same lock are checked against each other.
+    pub lock: String,
+    pub bound: Bound,
     pub exit: i32,
     /// Exit codes allowed for what happened to this run.
     pub allowed: Vec<i32>,
@@ -213,7 +227,21 @@ pub struct Run {
 
 impl Run {
     pub fn new(id: &str, exit: i32, allowed: &[i32]) -> Run {
-        Run { id: id.to_owned(), exit, allowed: allowed.to_vec(), excused: Vec::new() }
+        Run {
+            id: id.to_owned(),
+            lock: String::new(),
+            bound: Bound::Alone,
+            exit,
+            allowed: allowed.to_vec(),
+            excused: Vec::new(),
+        }
+    }
+
+    /// On `lock` with `bound` (the default: one lock, exclusive).
+    pub fn on(mut self, lock: &str, bound: Bound) -> Run {
+        self.lock = lock.to_owned();
+        self.bound = bound;
+        self
     }
 
     pub fn excused(mut self, from: u64, to: u64) -> Run {
@@ -287,9 +315,28 @@ pub fn check(events: &[Event], runs: &[Run], leaked: &[String]) -> Report {
 
     let mut order: Vec<&Command> = cmds.values().collect();
     order.sort_by_key(|c| (c.start, c.id.clone()));
+    let exclusive = Run::new("", 0, &[]);
+    let run_of = |id: &str| *runs_by_id.get(id).unwrap_or(&&exclusive);
     for (j, b) in order.iter().enumerate() {
+        let rb = run_of(&b.id);
         for a in &order[..j] {
-            if a.last < b.start {
+            let ra = run_of(&a.id);
+            if a.last < b.start || ra.lock != rb.lock {
+                continue;
+            }
+            let shared = match (ra.bound, rb.bound) {
+                (Bound::Reader, Bound::Reader) => true,
+                (Bound::Limit(n), Bound::Limit(m)) if n == m => {
+                    // Together, unless more than n were alive when b started.
+                    let alive = order[..j]
+                        .iter()
+                        .filter(|c| run_of(&c.id).lock == rb.lock && c.start <= b.start && c.last >= b.start)
+                        .count();
+                    alive < n
+                }
+                _ => false,
+            };
+            if shared {
                 continue;
             }
             let what = format!(
@@ -300,23 +347,24 @@ pub fn check(events: &[Event], runs: &[Run], leaked: &[String]) -> Report {
                 b.id,
                 b.token
             );
-            let excused = runs_by_id
-                .get(a.id.as_str())
-                .is_some_and(|r| r.excused.iter().any(|&(from, to)| from <= b.start && to >= a.start));
+            let excused = ra.excused.iter().any(|&(from, to)| from <= b.start && to >= a.start);
             if excused && b.token > a.token {
                 report.fenced.push(what);
             } else {
                 report.overlaps.push(what);
             }
         }
-        if j > 0 && b.token <= order[j - 1].token {
-            report.token_errors.push(format!(
-                "{} [token {}] started after {} [token {}]",
-                b.id,
-                b.token,
-                order[j - 1].id,
-                order[j - 1].token
-            ));
+        // Tokens rise from one exclusive holder to the next on the same lock (holders that
+        // may share start in any order).
+        let previous = order[..j].iter().rev().find(|c| run_of(&c.id).lock == rb.lock);
+        if let Some(p) = previous {
+            // A negative token: a command run by another library, which gives none.
+            let known = b.token >= 0 && p.token >= 0;
+            if known && rb.bound == Bound::Alone && run_of(&p.id).bound == Bound::Alone && b.token <= p.token {
+                report
+                    .token_errors
+                    .push(format!("{} [token {}] started after {} [token {}]", b.id, b.token, p.id, p.token));
+            }
         }
     }
 
@@ -392,5 +440,42 @@ mod tests {
         let r = check(&events3, &runs3, &["n".into()]);
         assert_eq!(r.unexpected_exits.len(), 3, "{}", r.describe());
         assert!(!r.ok());
+    }
+
+    #[test]
+    fn checker_allows_readers_together_and_n_limit_holders_but_no_more() {
+        // Two readers together, then a writer beside one of them: one overlap.
+        let events = vec![
+            ev(100, "r1", "start", &["10", "1"]),
+            ev(110, "r2", "start", &["11", "2"]),
+            ev(200, "r1", "end", &[]),
+            ev(190, "w", "start", &["12", "3"]),
+            ev(250, "r2", "end", &[]),
+            ev(300, "w", "end", &[]),
+        ];
+        let rw = |id: &str, b| Run::new(id, 0, &[0]).on("/rw", b);
+        let runs = vec![rw("r1", Bound::Reader), rw("r2", Bound::Reader), rw("w", Bound::Alone)];
+        let r = check(&events, &runs, &[]);
+        assert_eq!(r.overlaps.len(), 2, "w beside r1 and r2: {}", r.describe());
+        // The same on different locks: no overlap.
+        let runs =
+            vec![rw("r1", Bound::Reader), rw("r2", Bound::Reader), Run::new("w", 0, &[0]).on("/other", Bound::Alone)];
+        assert!(check(&events, &runs, &[]).ok());
+
+        // --limit 2: two together are fine, a third at once is not.
+        let events = vec![
+            ev(100, "a", "start", &["1", "1"]),
+            ev(110, "b", "start", &["2", "2"]),
+            ev(120, "c", "start", &["3", "3"]),
+            ev(200, "a", "end", &[]),
+            ev(210, "b", "end", &[]),
+            ev(220, "c", "end", &[]),
+        ];
+        let lim = |id: &str| Run::new(id, 0, &[0]).on("/lim", Bound::Limit(2));
+        let r = check(&events, &[lim("a"), lim("b"), lim("c")], &[]);
+        assert_eq!(r.overlaps.len(), 2, "c started while a and b held: {}", r.describe());
+        let r =
+            check(&events[..2].iter().chain(&events[3..5]).cloned().collect::<Vec<_>>(), &[lim("a"), lim("b")], &[]);
+        assert!(r.ok(), "{}", r.describe());
     }
 }
