@@ -47,9 +47,13 @@ complete -c zklock -n "__fish_zklock_using_subcommand run" -s E -l conflict-exit
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l disconnect-threshold -d 'Time without a leader-confirmed heartbeat before the stop signal [default: derived from the safety budget]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l grace -d 'Time between the stop signal and SIGKILL [default: 30% of the budget, at most 5s]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l kill-signal -d 'Signal that stops the command when the lock is lost: TERM, SIGTERM or 15' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l limit -d 'At most N commands hold the lock at once (a semaphore); every participant must give the same N' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l timeout -d 'Stop the command (stop signal, grace, SIGKILL) once it has held the lock this long, and exit 123' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l min-hold -d 'Keep holding the lock until this long after acquiring it, even if the command ends sooner' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l label -d 'Free text stored with the lock node, shown by `zklock status` (at most 4096 bytes)' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s n -l no-wait -d 'Give up at once if the lock is held'
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l shared -d 'Take the lock shared (a read lock): readers run together, never beside a writer (Curator\'s InterProcessReadWriteLock)'
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l write -d 'Take the write side of a read-write lock: alone, never beside a reader or another writer'
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s v -l verbose -d 'More messages on stderr (-v: lifecycle, -vv: debug)'
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s q -l quiet -d 'Only errors on stderr (status: print nothing, only set the exit status)'
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
