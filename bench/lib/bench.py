@@ -642,9 +642,13 @@ def queue_len(tool, zk, etcd, lock):
 
 
 def contention_trial(a, tool, zk, etcd, lock, k, tag, extra=(), queue_timeout=120, run_timeout=300,
-                     measure_waiters=False):
+                     measure_waiters=False, gate_extra=None, analyse=None):
     """A gate holder, then k contenders queued behind it, then the gate opens. Returns the
-    stamps, exit codes, and server-side counters around the release."""
+    stamps, exit codes, and server-side counters around the release. `gate_extra` gives the
+    gate holder other options than the contenders; `analyse` judges the stamps (default:
+    mutual exclusion and the gaps from one holder to the next)."""
+    gate_extra = extra if gate_extra is None else gate_extra
+    analyse = analyse or analyse_stamps
     stamps = os.path.join(a.work, f"{tag}.stamps")
     gate = os.path.join(a.work, f"{tag}.gate")
     errlog = os.path.join(a.out, "logs", f"{tag}.log")
@@ -653,7 +657,7 @@ def contention_trial(a, tool, zk, etcd, lock, k, tag, extra=(), queue_timeout=12
             os.unlink(p)
     os.mkfifo(gate)
     r = {"k": k, "ok": True, "notes": [], "gaps": [], "violations": []}
-    holder = spawn(tool.argv(lock, [a.stamp, stamps, "gate", "--gate", gate], extra=extra), stderr=errlog)
+    holder = spawn(tool.argv(lock, [a.stamp, stamps, "gate", "--gate", gate], extra=gate_extra), stderr=errlog)
     if not wait_for(lambda: any(e["id"] == "gate" for e in read_stamps(stamps)), 60):
         r["ok"] = False
         r["notes"].append("the gate holder never got the lock")
@@ -697,7 +701,7 @@ def contention_trial(a, tool, zk, etcd, lock, k, tag, extra=(), queue_timeout=12
         after = etcd.events_sent()
         r["notifications"] = {"events": (after or 0) - before}
     ev = read_stamps(stamps)
-    r.update(analyse_stamps(ev, k + 1))
+    r.update(analyse(ev, k + 1))
     if r.get("violations"):
         r["ok"] = False
     os.unlink(gate)
@@ -735,6 +739,86 @@ def analyse_stamps(ev, expected):
     if seqs and all(s is not None for s in seqs):
         out["in_order"] = all(x < y for x, y in zip(seqs, seqs[1:]))
     return out
+
+
+def analyse_readers(ev, expected):
+    """A writer gate, then readers: each reader's gap from the writer's end to its own start;
+    no reader may start before the writer ended."""
+    starts = [e for e in ev if e["kind"] == "S"]
+    ends = {e["id"]: e for e in ev if e["kind"] == "E"}
+    out = {"holders": len(starts), "gaps": [], "violations": []}
+    if len(starts) != expected:
+        out["violations"].append(f"{len(starts)} of {expected} ran")
+    gate_end = ends.get("gate")
+    if gate_end is None:
+        out["violations"].append("the writer never ended")
+        return out
+    for e in starts:
+        if e["id"] == "gate":
+            continue
+        if e["t"] < gate_end["t"]:
+            out["violations"].append(f"reader {e['id']} started before the writer ended")
+        out["gaps"].append(e["t"] - gate_end["t"])
+    # readers hold together: the most at once
+    events = sorted([(e["t"], 1) for e in starts if e["id"] != "gate"]
+                    + [(ends[e["id"]]["t"], -1) for e in starts if e["id"] != "gate" and e["id"] in ends],
+                    key=lambda x: (x[0], x[1]))
+    now_, most = 0, 0
+    for _, d in events:
+        now_ += d
+        most = max(most, now_)
+    out["most_readers_at_once"] = most
+    return out
+
+
+def fig_modes(a, tools, zk, etcd, res):
+    """zklock's handoff in its other modes, beside the exclusive lock in the same rounds."""
+    z = next((t for t in tools if t.name == "zklock"), None)
+    if z is None:
+        return
+    log(f"\n== 6. modes: zklock's handoff, exclusive / --limit 1 / --write (gap from one holder's end to the "
+        f"next one's start) and --shared (gap from a --write gate's end to each reader's start), K in {a.ks} ==")
+    zk.rmr("/bench/modes")
+    modes = [("exclusive", [], [], None), ("--limit 1", ["--limit", "1"], None, None),
+             ("--write", ["--write"], None, None), ("--shared", ["--shared"], ["--write"], analyse_readers)]
+    data = {m[0]: {k: [] for k in a.ks} for m in modes}
+    for k in a.ks:
+        for rep in range(max(a.reps, math.ceil(a.min_gaps / k))):
+            order = modes[rep % len(modes):] + modes[:rep % len(modes)]
+            for name, extra, gate_extra, analyse in order:
+                slug = name.strip("-").replace(" ", "")
+                lock = f"/bench/modes/{slug}/k{k}r{rep}"
+                r = contention_trial(a, z, zk, etcd, lock, k, f"modes-{slug}-k{k}-r{rep}", extra=extra,
+                                     gate_extra=gate_extra, analyse=analyse)
+                data[name][k].append(r)
+                if not r["ok"]:
+                    log(f"  {name} K={k} round {rep}: PROBLEM: {'; '.join(r['notes'] + r['violations'])}")
+    out, rows = {}, []
+    for name, *_ in modes:
+        out[name] = {}
+        for k in a.ks:
+            trials = data[name][k]
+            s = stats_ms([g for r in trials for g in r["gaps"]])
+            ok = all(r["ok"] for r in trials)
+            problems = sorted({p for r in trials for p in r["notes"] + r["violations"]})
+            together = [r.get("most_readers_at_once") for r in trials if r.get("most_readers_at_once") is not None]
+            notif = None
+            if all(r.get("notifications") is not None for r in trials):
+                notif = sum(sum(r["notifications"].values()) for r in trials) / sum(r["k"] for r in trials)
+            out[name][k] = dict(s, ok=ok, problems=problems, most_readers_at_once=together,
+                                notifications_per_handoff=notif)
+            rows.append([name, k, s["n"], fmt(s.get("median"), 2), fmt(s.get("p99"), 2),
+                         fmt(notif, 2) if notif is not None else "-",
+                         "/".join(str(t) for t in together) if together else "-",
+                         "yes" if ok else "NO: " + "; ".join(problems)[:80]])
+    txt = table(["mode", "K", "gaps", "median ms", "p99 ms", "notifications per contender",
+                 "readers at once", "bound kept, all ran"], rows)
+    log(txt)
+    res["modes"] = out
+    res["md"].append("### 6. Modes\n\nzklock only. Exclusive, --limit 1 and --write: K contenders behind a gate "
+                     "holder of the same mode; gap = one holder's end stamp to the next one's start stamp. "
+                     "--shared: K readers behind a --write gate holder; gap = the writer's end stamp to each "
+                     "reader's start stamp (all K are released at once).\n\n" + txt + "\n")
 
 
 def fig_handoff(a, tools, zk, etcd, res):
@@ -1081,7 +1165,7 @@ def main():
     p.add_argument("--jvm-flags", default="-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
     p.add_argument("--out", required=True)
     p.add_argument("--tools", default="flock,etcdctl,kazoo,curator,zklock")
-    p.add_argument("--figures", default="1,2,3,4,5")
+    p.add_argument("--figures", default="1,2,3,4,5,6")
     p.add_argument("--cycles", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--phase-runs", type=int, default=20)
@@ -1130,6 +1214,8 @@ def main():
             fig_loss(a, tools, zk, etcd, res)
         if "5" in figs:
             fig_scale(a, tools, zk, etcd, res)
+        if "6" in figs:
+            fig_modes(a, tools, zk, etcd, res)
     finally:
         cleanup_all()
         zk.stop()
