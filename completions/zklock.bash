@@ -209,7 +209,7 @@ _zklock() {
             return 0
             ;;
         zklock__subcmd__status)
-            opts="-z -r -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --acl --tls-ca --tls-cert --tls-key --json --recursive --watch --verbose --quiet --help --version"
+            opts="-z -o -r -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --acl --tls-ca --tls-cert --tls-key --format --json --output --recursive --held-longer-than --waiting-longer-than --watch --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -248,6 +248,26 @@ _zklock() {
                     return 0
                     ;;
                 --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text json prometheus" -- "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --held-longer-than)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --waiting-longer-than)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -68,7 +68,13 @@ creator+read\t'Our identity may do everything, anyone may read: `zklock status` 
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-ca -d 'CA certificate(s) (PEM) that signed the servers\' certificates; connects with TLS' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-cert -d 'Client certificate (PEM) for mutual TLS; needs --tls-key' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-key -d 'Private key (PEM) of --tls-cert' -r -F
-complete -c zklock -n "__fish_zklock_using_subcommand status" -l json -d 'Print a versioned JSON document instead of a table'
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l format -d 'Output format: a table for people, a versioned JSON document, or Prometheus\' text format' -r -f -a "text\t'A summary line and a table per lock (--recursive: a line per lock)'
+json\t'The versioned JSON document'
+prometheus\t'The Prometheus text exposition format, for node_exporter\'s textfile collector'"
+complete -c zklock -n "__fish_zklock_using_subcommand status" -s o -l output -d 'Write the output to FILE, atomically (a temporary file in the same directory, renamed)' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l held-longer-than -d 'Only locks held longer than this; exit 2 when any is (an alert)' -r
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l waiting-longer-than -d 'Only locks with a waiter waiting longer than this; exit 2 when any has (an alert)' -r
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l json -d 'The same as --format json'
 complete -c zklock -n "__fish_zklock_using_subcommand status" -s r -l recursive -d 'List every lock below the path, one line each'
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l watch -d 'Keep running and print a line each time a holder or queue changes, until interrupted'
 complete -c zklock -n "__fish_zklock_using_subcommand status" -s v -l verbose -d 'More messages on stderr (-v: lifecycle, -vv: debug)'

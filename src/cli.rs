@@ -84,8 +84,9 @@ pub const RUN_EXAMPLES: Examples = Examples(&[
 pub const STATUS_EXIT_STATUS: DocSection = DocSection {
     title: "Exit status",
     rows: &[
-        ("0", "every lock named is held (with --recursive: every lock found, and at least one)"),
-        ("1", "a lock is free; a lock path that does not exist is free"),
+        ("0", "every lock named is held (with --recursive: every lock found, and at least one); with --held-longer-than or --waiting-longer-than: no lock matched"),
+        ("1", "a lock is free; a lock path that does not exist is free (not with the alert options)"),
+        ("2", "with --held-longer-than or --waiting-longer-than: a lock matched (an alert, as Nagios' CRITICAL)"),
         ("125", "error: no server, invalid path, ..."),
     ],
 };
@@ -95,6 +96,14 @@ pub const STATUS_EXAMPLES: Examples = Examples(&[
     ("the holder's host, for a script", "zklock status --json /locks/deploy/prod | jq -r '.locks[0].holder.host'"),
     ("every lock of the fleet, one line each", "zklock status --recursive /locks"),
     ("is the ETL running?", "zklock status -q /locks/etl && echo 'ETL is running'"),
+    (
+        "alert (exit 2) on locks held over an hour or waiters stuck for ten minutes",
+        "zklock status -r /locks --held-longer-than 1h --waiting-longer-than 10m",
+    ),
+    (
+        "metrics for node_exporter's textfile collector, from cron",
+        "zklock status -r /locks --format prometheus -o /var/lib/node_exporter/textfile/zklock.prom",
+    ),
 ]);
 
 pub const TOP_EXAMPLES: Examples = Examples(&[
@@ -169,17 +178,55 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
 
-    /// Print a versioned JSON document instead of a table
-    #[arg(long, help_heading = "Output")]
+    /// Output format: a table for people, a versioned JSON document, or Prometheus' text format
+    #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT", help_heading = "Output")]
+    pub format: Format,
+
+    /// The same as --format json
+    #[arg(long, conflicts_with = "format", help_heading = "Output")]
     pub json: bool,
+
+    /// Write the output to FILE, atomically (a temporary file in the same directory, renamed)
+    #[arg(short, long, value_name = "FILE", conflicts_with = "watch", help_heading = "Output")]
+    pub output: Option<std::path::PathBuf>,
 
     /// List every lock below the path, one line each
     #[arg(short, long, conflicts_with = "watch", help_heading = "Output")]
     pub recursive: bool,
 
+    /// Only locks held longer than this; exit 2 when any is (an alert)
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Alerts")]
+    pub held_longer_than: Option<Duration>,
+
+    /// Only locks with a waiter waiting longer than this; exit 2 when any has (an alert)
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Alerts")]
+    pub waiting_longer_than: Option<Duration>,
+
     /// Keep running and print a line each time a holder or queue changes, until interrupted
-    #[arg(long, conflicts_with = "json", help_heading = "Output")]
+    #[arg(long, conflicts_with_all = ["json", "held_longer_than", "waiting_longer_than"], help_heading = "Output")]
     pub watch: bool,
+}
+
+impl StatusArgs {
+    /// The format asked for, `--json` included.
+    pub fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            self.format
+        }
+    }
+}
+
+/// What `zklock status` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A summary line and a table per lock (--recursive: a line per lock)
+    Text,
+    /// The versioned JSON document
+    Json,
+    /// The Prometheus text exposition format, for node_exporter's textfile collector
+    Prometheus,
 }
 
 /// How to reach ZooKeeper.

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use zookeeper_client::{Client, MultiReadResult, Stat};
 
-use crate::cli::StatusArgs;
+use crate::cli::{Format, StatusArgs};
 use crate::lock;
 use crate::nodedata::NodeData;
 use crate::queue::{self, classify};
@@ -25,6 +25,10 @@ const MAX_VISITED: usize = 100_000;
 pub const HELD: u8 = 0;
 /// Exit status: a lock is free.
 pub const FREE: u8 = 1;
+/// Exit status: with `--held-longer-than` or `--waiting-longer-than`, a lock matched.
+pub const ALERT: u8 = 2;
+/// Requests in flight at once while walking and reading many locks.
+const PIPELINE: usize = 64;
 
 /// The whole `--json` document.
 #[derive(Debug, Serialize)]
@@ -283,39 +287,57 @@ async fn report_from_children(
     })
 }
 
+/// A node's children and stat, or why not.
+type Listed = Result<(Vec<String>, Stat), zookeeper_client::Error>;
+
 /// Every lock below `root`: nodes with lock-node children, and free lock directories — empty,
 /// data-less nodes that once had children (the server hides the container flag from clients,
 /// so this is how a lock directory whose last holder left looks until the server reaps it).
 /// Lock directories are not descended into. `None` when `root` itself does not exist.
 pub async fn find_locks(client: &Client, root: &str) -> Result<Option<Vec<String>>> {
+    use futures::stream::{self, StreamExt};
     let mut found = Vec::new();
-    let mut todo = vec![root.to_owned()];
+    let mut level = vec![root.to_owned()];
     let mut visited = 0;
-    while let Some(path) = todo.pop() {
-        visited += 1;
+    // Breadth first, a level at a time, with up to PIPELINE listings in flight: memory is
+    // bounded by one level's paths, and the walk costs about one round trip per level.
+    while !level.is_empty() {
+        visited += level.len();
         if visited > MAX_VISITED {
             bail!("more than {MAX_VISITED} nodes below {root}; name a narrower path");
         }
-        let (mut children, stat) = match crate::zk::retry(client, || client.get_children(&path)).await {
-            Ok(r) => r,
-            Err(zookeeper_client::Error::NoNode) if path != root => continue,
-            Err(zookeeper_client::Error::NoNode) => return Ok(None),
-            Err(zookeeper_client::Error::NoAuth) => return Err(no_auth_on(&path, "list")),
-            Err(e) => return Err(e).with_context(|| format!("cannot list {path}")),
-        };
-        let is_lock = children.iter().any(|c| classify(c).is_some())
-            || (children.is_empty() && stat.data_length == 0 && stat.cversion > 0 && path != root);
-        if is_lock {
-            found.push(path);
-            continue;
-        }
-        children.sort();
-        for child in children.into_iter().rev() {
-            let child_path = if path == "/" { format!("/{child}") } else { format!("{path}/{child}") };
-            if child_path != "/zookeeper" {
-                todo.push(child_path);
+        let listed: Vec<(String, Listed)> = stream::iter(level)
+            .map(|path| async move {
+                let r = crate::zk::retry(client, || client.get_children(&path)).await;
+                (path, r)
+            })
+            .buffered(PIPELINE)
+            .collect()
+            .await;
+        let mut next = Vec::new();
+        for (path, r) in listed {
+            let (mut children, stat) = match r {
+                Ok(r) => r,
+                Err(zookeeper_client::Error::NoNode) if path != root => continue,
+                Err(zookeeper_client::Error::NoNode) => return Ok(None),
+                Err(zookeeper_client::Error::NoAuth) => return Err(no_auth_on(&path, "list")),
+                Err(e) => return Err(e).with_context(|| format!("cannot list {path}")),
+            };
+            let is_lock = children.iter().any(|c| classify(c).is_some())
+                || (children.is_empty() && stat.data_length == 0 && stat.cversion > 0 && path != root);
+            if is_lock {
+                found.push(path);
+                continue;
+            }
+            children.sort();
+            for child in children {
+                let child_path = if path == "/" { format!("/{child}") } else { format!("{path}/{child}") };
+                if child_path != "/zookeeper" {
+                    next.push(child_path);
+                }
             }
         }
+        level = next;
     }
     found.sort();
     Ok(Some(found))
@@ -481,6 +503,7 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
 }
 
 async fn snapshot(client: &Client, args: &StatusArgs, quiet: bool) -> Result<u8> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
     let now = SystemTime::now();
     // With --recursive: whether the root exists, as the walk found it.
     let (paths, root_exists) = if args.recursive {
@@ -491,32 +514,145 @@ async fn snapshot(client: &Client, args: &StatusArgs, quiet: bool) -> Result<u8>
     } else {
         (args.locks.clone(), true)
     };
-    let mut reports = Vec::with_capacity(paths.len());
-    for p in &paths {
-        reports.push(inspect(client, p, now).await?);
-    }
-    if !quiet {
-        let text = if args.json {
+    // Up to PIPELINE locks read at once, in order.
+    let reports: Vec<LockReport> =
+        stream::iter(paths.iter()).map(|p| inspect(client, p, now)).buffered(PIPELINE).try_collect().await?;
+    let alerting = args.held_longer_than.is_some() || args.waiting_longer_than.is_some();
+    let (reports, code) = if alerting {
+        let matching: Vec<LockReport> = reports.into_iter().filter(|r| matches_alert(r, args)).collect();
+        let code = if matching.is_empty() { HELD } else { ALERT };
+        (matching, code)
+    } else {
+        let code = exit_status(&reports);
+        (reports, code)
+    };
+    let text = match args.format() {
+        Format::Json => {
             let doc = Report { zklock_status: JSON_FORMAT, generated_at: rfc3339(now), locks: reports };
-            let text = serde_json::to_string_pretty(&doc).expect("report serializes") + "\n";
-            reports = doc.locks;
-            text
-        } else if args.recursive {
-            if reports.is_empty() {
-                let missing = if root_exists { "" } else { " (no such path)" };
-                format!("no locks below {}{missing}\n", args.locks[0])
-            } else {
-                render_recursive(&reports)
-            }
-        } else {
-            reports.iter().map(render_text).collect::<Vec<_>>().join("\n")
-        };
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        // A closed pipe (`| head`) is not an error worth a message.
-        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            serde_json::to_string_pretty(&doc).expect("report serializes") + "\n"
+        }
+        Format::Prometheus => render_prometheus(&reports, now),
+        // An alert check prints nothing when nothing matched: cron then mails nothing.
+        Format::Text if alerting && reports.is_empty() => String::new(),
+        Format::Text if args.recursive && reports.is_empty() => {
+            let missing = if root_exists { "" } else { " (no such path)" };
+            format!("no locks below {}{missing}\n", args.locks[0])
+        }
+        Format::Text if args.recursive => render_recursive(&reports),
+        Format::Text => reports.iter().map(render_text).collect::<Vec<_>>().join("\n"),
+    };
+    match &args.output {
+        Some(path) => write_atomically(path, text.as_bytes())?,
+        None if !quiet => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth a message.
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        }
+        None => {}
     }
-    Ok(exit_status(&reports))
+    Ok(code)
+}
+
+/// Whether a lock matches the alert options given: a holder holding, or a waiter waiting,
+/// longer than asked.
+fn matches_alert(r: &LockReport, args: &StatusArgs) -> bool {
+    let over = |limit: Option<Duration>, cs: &[Contender]| {
+        limit.is_some_and(|d| cs.iter().any(|c| c.seconds > d.as_secs_f64()))
+    };
+    over(args.held_longer_than, &r.holders) || over(args.waiting_longer_than, &r.waiters)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`: a reader
+/// (node_exporter's textfile collector) sees the old file or the new one, never half of one.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = path.file_name().with_context(|| format!("-o {}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// A label value in the Prometheus text format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The reports in the Prometheus text exposition format (version 0.0.4).
+pub fn render_prometheus(reports: &[LockReport], now: SystemTime) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let path = |r: &LockReport| format!("path=\"{}\"", label(&r.path));
+    family(
+        "zklock_lock_held",
+        "Whether the lock is held (1) or free (0).",
+        reports.iter().map(|r| (path(r), f64::from(u8::from(r.held)))).collect(),
+    );
+    family(
+        "zklock_lock_holders",
+        "How many hold the lock (several for shared and --limit locks).",
+        reports.iter().map(|r| (path(r), r.holders.len() as f64)).collect(),
+    );
+    family(
+        "zklock_lock_held_seconds",
+        "How long each holder has held the lock.",
+        reports
+            .iter()
+            .flat_map(|r| {
+                r.holders.iter().map(move |h| {
+                    let labels = format!(
+                        "{},node=\"{}\",kind=\"{}\",holder_host=\"{}\",holder_pid=\"{}\",holder_user=\"{}\"",
+                        path(r),
+                        label(&h.node),
+                        h.kind,
+                        label(h.host.as_deref().unwrap_or("")),
+                        h.pid.map(|p| p.to_string()).unwrap_or_default(),
+                        label(h.user.as_deref().unwrap_or(""))
+                    );
+                    (labels, h.seconds)
+                })
+            })
+            .collect(),
+    );
+    family(
+        "zklock_lock_waiters",
+        "How many wait for the lock.",
+        reports.iter().map(|r| (path(r), r.waiters.len() as f64)).collect(),
+    );
+    family(
+        "zklock_lock_oldest_wait_seconds",
+        "How long the longest waiting contender has waited (0 when none waits).",
+        reports.iter().map(|r| (path(r), r.waiters.iter().map(|w| w.seconds).fold(0.0, f64::max))).collect(),
+    );
+    family(
+        "zklock_lock_limit",
+        "N of a --limit N lock (only for such locks).",
+        reports.iter().filter_map(|r| r.limit.map(|n| (path(r), f64::from(n)))).collect(),
+    );
+    let ts = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let _ = writeln!(
+        out,
+        "# HELP zklock_status_timestamp_seconds When zklock status made this report.\n\
+         # TYPE zklock_status_timestamp_seconds gauge\nzklock_status_timestamp_seconds {ts:.3}"
+    );
+    out
 }
 
 /// Prints the state of each lock, then a line each time its holder or queue changes.

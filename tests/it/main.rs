@@ -4,6 +4,7 @@ mod faults;
 mod harness_smoke;
 mod interop;
 mod modes;
+mod monitor;
 mod random;
 mod run;
 mod secure;
