@@ -2,7 +2,7 @@
 //! read-write lock, Curator's layout) and `--timeout` (a maximum hold). Every command marks
 //! its start and end on one clock; the checks are on the order of those marks.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 
 use tempfile::TempDir;
@@ -99,25 +99,12 @@ fn limit_3_with_10_contenders_never_exceeds_3_and_all_run_in_queue_order() {
     assert!(zk.children(&lock).is_empty());
 }
 
-fn holder(lock: &str, opts: &[&str], dir: &Path, name: &str) -> (Child, PathBuf) {
-    let (ready, go) = (dir.join(format!("{name}.ready")), dir.join(format!("{name}.go")));
-    let script = format!("echo ok > '{}'; while [ ! -e '{}' ]; do sleep 0.02; done", ready.display(), go.display());
-    let child = spawn(lock, opts, &["sh".into(), "-c".into(), script]);
-    wait_for_file_line(&ready, "ok", PATIENCE);
-    (child, go)
-}
-
-fn release(mut child: Child, go: &Path) -> i32 {
-    std::fs::write(go, "").unwrap();
-    wait_status(&mut child).code().unwrap()
-}
-
 #[test]
 fn a_mismatched_limit_or_another_kind_of_lock_is_refused_and_leaves_no_node() {
     let zk = shared();
     let lock = unique_lock_path("limitmix");
     let dir = TempDir::new().unwrap();
-    let (h, go) = holder(&lock, &["--limit", "2"], dir.path(), "h");
+    let (h, go) = hold_shared(&lock, &["--limit", "2"], dir.path(), "h");
     let before = zk.children(&lock);
     for (opts, needle) in [
         (vec!["--limit", "3"], "use --limit 2"),
@@ -137,7 +124,7 @@ fn a_mismatched_limit_or_another_kind_of_lock_is_refused_and_leaves_no_node() {
     assert!(stderr(&out).contains("this is --limit 3"), "both numbers: {}", stderr(&out));
 
     // status shows the limit and every holder.
-    let (h2, go2) = holder(&lock, &["--limit", "2", "--label", "second"], dir.path(), "h2");
+    let (h2, go2) = hold_shared(&lock, &["--limit", "2", "--label", "second"], dir.path(), "h2");
     let mut status = zklock(&shared_zk().connect_string());
     status.args(["status", "--json", &lock]);
     let out = output(status);
@@ -151,8 +138,8 @@ fn a_mismatched_limit_or_another_kind_of_lock_is_refused_and_leaves_no_node() {
     text.args(["status", &lock]);
     let out = output(text);
     assert!(stdout(&out).starts_with(&format!("{lock}: held by 2 of at most 2 (")), "{}", stdout(&out));
-    assert_eq!(release(h, &go), 0);
-    assert_eq!(release(h2, &go2), 0);
+    assert_eq!(go.release(h), 0);
+    assert_eq!(go2.release(h2), 0);
     assert!(zk.children(&lock).is_empty());
 }
 
@@ -163,8 +150,8 @@ fn shared_readers_run_together_while_a_writer_waits_and_a_writer_excludes_reader
     let dir = TempDir::new().unwrap();
     let file = dir.path().join("marks");
     // Two readers hold together.
-    let (r1, go1) = holder(&lock, &["--shared"], dir.path(), "r1");
-    let (r2, go2) = holder(&lock, &["--shared"], dir.path(), "r2");
+    let (r1, go1) = hold_shared(&lock, &["--shared"], dir.path(), "r1");
+    let (r2, go2) = hold_shared(&lock, &["--shared"], dir.path(), "r2");
     // A writer queues behind them, and a reader behind the writer.
     let mut w = spawn(&lock, &["--write"], &marking(&file, "w", "0.5"));
     zk.wait_children(&lock, 3);
@@ -178,9 +165,9 @@ fn shared_readers_run_together_while_a_writer_waits_and_a_writer_excludes_reader
     assert_eq!(doc["locks"][0]["holders"].as_array().unwrap().len(), 2, "{doc}");
     assert_eq!(kinds, ["zklock-write", "zklock-read"], "{doc}");
     assert!(!file.exists(), "neither the writer nor the reader behind it ran beside the readers");
-    assert_eq!(release(r1, &go1), 0);
+    assert_eq!(go1.release(r1), 0);
     assert!(!file.exists(), "the writer waits for the last reader");
-    assert_eq!(release(r2, &go2), 0);
+    assert_eq!(go2.release(r2), 0);
     assert_eq!(wait_status(&mut w).code(), Some(0));
     assert_eq!(wait_status(&mut r3).code(), Some(0));
     let m = marks(&file);
@@ -195,19 +182,19 @@ fn a_plain_exclusive_run_refuses_a_read_write_lock_and_waits_for_mutex_holders()
     let zk = shared();
     let lock = unique_lock_path("rwplain");
     let dir = TempDir::new().unwrap();
-    let (r, go) = holder(&lock, &["--shared"], dir.path(), "r");
+    let (r, go) = hold_shared(&lock, &["--shared"], dir.path(), "r");
     let out = output(run_shared(&lock, &[], &["echo", "ran"]));
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("is a read-write lock") && stderr(&out).contains("use --write"), "{}", stderr(&out));
     assert_eq!(zk.children(&lock).len(), 1);
-    assert_eq!(release(r, &go), 0);
+    assert_eq!(go.release(r), 0);
     // --write and --shared on a plain mutex path wait for its holder.
-    let (m, go) = holder(&lock, &[], dir.path(), "m");
+    let (m, go) = hold_shared(&lock, &[], dir.path(), "m");
     for opts in [["--write", "-n"], ["--shared", "-n"]] {
         let out = output(run_shared(&lock, &opts, &["echo", "ran"]));
         assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(75), ""), "{opts:?}: {}", stderr(&out));
     }
-    assert_eq!(release(m, &go), 0);
+    assert_eq!(go.release(m), 0);
     assert!(zk.children(&lock).is_empty());
 }
 

@@ -7,21 +7,13 @@ use std::process::{Command, Output, Stdio};
 use tempfile::TempDir;
 use zookeeper_client::{Acls, CreateMode};
 
-use crate::support::{shared_zk, unique_lock_path, wait_for_file_line};
+use crate::support::{shared_zk, unique_lock_path};
 use crate::util::*;
 
 fn status(args: &[&str]) -> Output {
     let mut c = zklock(&shared_zk().connect_string());
     c.arg("status").args(args);
     output(c)
-}
-
-fn hold(lock: &str, dir: &TempDir, name: &str) -> (std::process::Child, std::path::PathBuf) {
-    let (ready, go) = (dir.path().join(format!("{name}.ready")), dir.path().join(format!("{name}.go")));
-    let script = format!("echo ok > '{}'; while [ ! -e '{}' ]; do sleep 0.02; done", ready.display(), go.display());
-    let child = run_shared(lock, &["--label", name], &["sh", "-c", &script]).stderr(Stdio::null()).spawn().unwrap();
-    wait_for_file_line(&ready, "ok", PATIENCE);
-    (child, go)
 }
 
 /// Parses the Prometheus text format with prometheus_client's parser and returns each sample
@@ -55,8 +47,8 @@ fn alert_filters_list_only_matching_locks_and_exit_2() {
     let (held, free, queued) = (format!("{root}/held"), format!("{root}/free"), format!("{root}/queued"));
     let dir = TempDir::new().unwrap();
     let zk = Zk::connect(&shared_zk().connect_string());
-    let (h, go) = hold(&held, &dir, "h");
-    let (q, qgo) = hold(&queued, &dir, "q");
+    let (h, go) = hold_shared(&held, &["--label", "h"], dir.path(), "h");
+    let (q, qgo) = hold_shared(&queued, &["--label", "q"], dir.path(), "q");
     let mut waiter = run_shared(&queued, &[], &["true"]).stderr(Stdio::null()).spawn().unwrap();
     zk.wait_children(&queued, 2);
     // A lock directory that is free: created and emptied.
@@ -88,12 +80,8 @@ fn alert_filters_list_only_matching_locks_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stdout(&out).contains(&held) && !stdout(&out).contains(&free));
 
-    std::fs::write(&go, "").unwrap();
-    std::fs::write(&qgo, "").unwrap();
-    for c in [h, q] {
-        let mut c = c;
-        assert_eq!(wait_status(&mut c).code(), Some(0));
-    }
+    assert_eq!(go.release(h), 0);
+    assert_eq!(qgo.release(q), 0);
     assert_eq!(wait_status(&mut waiter).code(), Some(0));
     let out = status(&["-r", &root, "--held-longer-than", "0s"]);
     assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), ""), "{}", stderr(&out));
@@ -105,7 +93,7 @@ fn prometheus_output_parses_and_is_written_atomically() {
     let (a, b) = (format!("{root}/a \"quoted\""), format!("{root}/b"));
     let dir = TempDir::new().unwrap();
     let zk = Zk::connect(&shared_zk().connect_string());
-    let (h, go) = hold(&a, &dir, "ha");
+    let (h, go) = hold_shared(&a, &["--label", "ha"], dir.path(), "ha");
     let mut waiter = run_shared(&a, &[], &["true"]).stderr(Stdio::null()).spawn().unwrap();
     zk.wait_children(&a, 2);
     let out = output(run_shared(&b, &[], &["true"]));
@@ -134,9 +122,7 @@ fn prometheus_output_parses_and_is_written_atomically() {
     assert_eq!(find("zklock_status_timestamp_seconds").len(), 1);
     assert!(find("zklock_lock_limit").is_empty(), "no --limit lock here");
 
-    std::fs::write(&go, "").unwrap();
-    let mut h = h;
-    assert_eq!(wait_status(&mut h).code(), Some(0));
+    assert_eq!(go.release(h), 0);
     assert_eq!(wait_status(&mut waiter).code(), Some(0));
     // A second run replaces the file.
     let out = status(&["-r", &root, "--format", "prometheus", "-o", file.to_str().unwrap()]);

@@ -4,7 +4,7 @@
 //! missing parents with the lock's ACL).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use tempfile::TempDir;
@@ -65,27 +65,6 @@ fn assert_fails(out: &Output, needle: &str) {
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
 }
 
-/// A zklock holding `lock` until `<dir>/<name>.go` exists; returns it once its command runs.
-fn holder(cmd: Command, dir: &Path, name: &str) -> (std::process::Child, PathBuf) {
-    let (ready, go) = (dir.join(format!("{name}.ready")), dir.join(format!("{name}.go")));
-    let mut cmd = cmd;
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    crate::support::wait_for_file_line(&ready, "ok", PATIENCE);
-    (child, go)
-}
-
-fn hold_argv(dir: &Path, name: &str) -> Vec<String> {
-    let (ready, go) = (dir.join(format!("{name}.ready")), dir.join(format!("{name}.go")));
-    let script = format!("echo ok > '{}'; while [ ! -e '{}' ]; do sleep 0.02; done", ready.display(), go.display());
-    vec!["sh".into(), "-c".into(), script]
-}
-
-fn release(mut child: std::process::Child, go: &Path) -> i32 {
-    std::fs::write(go, "").unwrap();
-    wait_status(&mut child).code().unwrap()
-}
-
 fn digest(user: &str, password: &str) -> Zk {
     let connector = Client::connector().with_auth("digest", format!("{user}:{password}").as_bytes());
     Zk::connect_with(&shared_zk().connect_string(), connector)
@@ -140,9 +119,10 @@ fn digest_creator_read_lets_others_see_the_lock_but_neither_delete_nor_queue() {
     let (top, lock) = secure_path("digest");
     let alice = auth_file(&dir, "alice", "digest:alice:alice-pw\n", 0o600);
     let alice_opt = ["--auth-file", alice.to_str().unwrap(), "--label", "alice's job"];
-    let argv = hold_argv(dir.path(), "a");
+    let gate = Gate::new(dir.path(), "a");
+    let argv = gate.argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (child, go) = holder(run_as(server, &connect, None, &lock, &alice_opt, &argv), dir.path(), "a");
+    let child = gate.hold(run_as(server, &connect, None, &lock, &alice_opt, &argv));
 
     let bob = digest("bob", "bob-pw");
     let nodes = bob.children(&lock);
@@ -176,7 +156,7 @@ fn digest_creator_read_lets_others_see_the_lock_but_neither_delete_nor_queue() {
     assert_fails(&out, "not authorised to create a lock node");
     assert_eq!(bob.children(&lock), [nodes[0].clone()], "refused contenders leave no node");
 
-    assert_eq!(release(child, &go), 0);
+    assert_eq!(gate.release(child), 0);
     assert!(bob.children(&lock).is_empty());
     // Alice, with the right password, runs again.
     let out = output(run_as(server, &connect, Some("digest:alice:alice-pw"), &lock, &[], &["echo", "again"]));
@@ -192,10 +172,10 @@ fn digest_open_acl_lets_anyone_delete_and_creator_hides_the_lock() {
 
     // --acl open: anyone may delete the lock node, and the holder then stops its command.
     let (_, lock) = secure_path("open");
-    let argv = hold_argv(dir.path(), "o");
+    let gate = Gate::new(dir.path(), "o");
+    let argv = gate.argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (mut child, _go) =
-        holder(run_as(server, &connect, Some("digest:alice:pw"), &lock, &["--acl", "open"], &argv), dir.path(), "o");
+    let mut child = gate.hold(run_as(server, &connect, Some("digest:alice:pw"), &lock, &["--acl", "open"], &argv));
     let node = format!("{lock}/{}", bob.children(&lock)[0]);
     assert_eq!(bob.acl(&node), ["world:anyone=ALL"]);
     assert_eq!(bob.try_delete(&node), Ok(()));
@@ -203,15 +183,15 @@ fn digest_open_acl_lets_anyone_delete_and_creator_hides_the_lock() {
 
     // --acl creator: others cannot even read; status says so and names the node.
     let (_, lock) = secure_path("creator");
-    let argv = hold_argv(dir.path(), "c");
+    let gate = Gate::new(dir.path(), "c");
+    let argv = gate.argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (child, go) =
-        holder(run_as(server, &connect, Some("digest:alice:pw"), &lock, &["--acl", "creator"], &argv), dir.path(), "c");
+    let child = gate.hold(run_as(server, &connect, Some("digest:alice:pw"), &lock, &["--acl", "creator"], &argv));
     let out = status_as(&connect, Some("digest:bob:bob-pw"), &[], &lock);
     assert_fails(&out, &format!("not authorised to list {lock}: the ACL of {lock} is not readable by us either"));
     let out = status_as(&connect, Some("digest:alice:pw"), &[], &lock);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(release(child, &go), 0);
+    assert_eq!(gate.release(child), 0);
 }
 
 #[test]
@@ -233,9 +213,10 @@ fn sasl_users_authenticate_and_a_wrong_password_is_refused_at_connect() {
     let out = output(run_as(server, &connect, Some("sasl-digest:mallory:x"), lock, &[], &["true"]));
     assert_fails(&out, "refused sasl:mallory");
 
-    let argv = hold_argv(dir.path(), "s");
+    let gate = Gate::new(dir.path(), "s");
+    let argv = gate.argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (child, go) = holder(run_as(server, &connect, None, lock, &alice_opt, &argv), dir.path(), "s");
+    let child = gate.hold(run_as(server, &connect, None, lock, &alice_opt, &argv));
     let bob = Zk::connect_with(&connect, Client::connector().with_sasl(SaslOptions::digest_md5("bob", "bob-secret")));
     let nodes = bob.children(lock);
     assert_eq!(nodes.len(), 1, "{nodes:?}");
@@ -244,7 +225,7 @@ fn sasl_users_authenticate_and_a_wrong_password_is_refused_at_connect() {
     let out = status_as(&connect, Some("sasl-digest:bob:bob-secret"), &["--json"], lock);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(bob.try_delete(&node), Err(zookeeper_client::Error::NoAuth));
-    assert_eq!(release(child, &go), 0);
+    assert_eq!(gate.release(child), 0);
     assert!(bob.children(lock).is_empty());
 }
 
@@ -272,13 +253,14 @@ fn tls_run_and_status_verify_the_server_and_mismatches_are_named_at_once() {
     let out = output(cmd);
     assert_eq!((code(&out), stdout(&out).as_str()), (0, "env\n"), "{}", stderr(&out));
 
-    let argv = hold_argv(dir.path(), "t");
+    let gate = Gate::new(dir.path(), "t");
+    let argv = gate.argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (child, go) = holder(run_as(server, &secure, None, lock, &ca, &argv), dir.path(), "t");
+    let child = gate.hold(run_as(server, &secure, None, lock, &ca, &argv));
     let out = status_as(&secure, None, &ca, lock);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains(&format!("{lock}: held by ")), "{}", stdout(&out));
-    assert_eq!(release(child, &go), 0);
+    assert_eq!(gate.release(child), 0);
 
     // Refusals: each one line, exit 125, long before a connect timeout of an hour.
     let long = ["--connect-timeout", "1h"];
@@ -321,14 +303,15 @@ fn mutual_tls_needs_a_client_certificate_signed_by_the_ca_and_gives_an_identity(
     let good = [&certs.mtls_args("client")[..], &["--acl".into(), "creator".into()]].concat();
     let good: Vec<&str> = good.iter().map(String::as_str).collect();
     let dir = TempDir::new().unwrap();
-    let argv = hold_argv(dir.path(), "m");
+    let gate = Gate::new(dir.path(), "m");
+    let argv = gate.argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (child, go) = holder(run_as(server, &secure, None, lock, &good, &argv), dir.path(), "m");
+    let child = gate.hold(run_as(server, &secure, None, lock, &good, &argv));
     let out = status_as(&secure, None, &good, lock);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = status_as(&server.connect_string(), None, &[], lock);
     assert_fails(&out, &format!("not authorised to list {lock}"));
-    assert_eq!(release(child, &go), 0);
+    assert_eq!(gate.release(child), 0);
     let out = status_as(&secure, None, &good, lock);
     assert_eq!(code(&out), 1, "free again, no node left: {}", stdout(&out));
     assert!(stdout(&out).contains(&format!("{lock}: free")), "{}", stdout(&out));

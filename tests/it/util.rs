@@ -2,7 +2,7 @@
 //! command builder, and waits that never rely on fixed sleeps.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -170,6 +170,47 @@ pub fn stderr(out: &Output) -> String {
 
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command that says it runs (`<dir>/<name>.ready`) and runs until `<dir>/<name>.go` exists.
+pub struct Gate {
+    pub ready: PathBuf,
+    pub go: PathBuf,
+}
+
+impl Gate {
+    pub fn new(dir: &Path, name: &str) -> Gate {
+        Gate { ready: dir.join(format!("{name}.ready")), go: dir.join(format!("{name}.go")) }
+    }
+
+    /// The command's argv.
+    pub fn argv(&self) -> Vec<String> {
+        let (ready, go) = (self.ready.display(), self.go.display());
+        vec!["sh".into(), "-c".into(), format!("echo ok > '{ready}'; while [ ! -e '{go}' ]; do sleep 0.02; done")]
+    }
+
+    /// Spawns `cmd` (a zklock running [`Gate::argv`]) and returns once its command runs.
+    pub fn hold(&self, mut cmd: Command) -> Child {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn zklock");
+        support::wait_for_file_line(&self.ready, "ok", PATIENCE);
+        child
+    }
+
+    /// Lets the command end; returns zklock's exit status.
+    pub fn release(&self, mut child: Child) -> i32 {
+        std::fs::write(&self.go, "").unwrap();
+        wait_status(&mut child).code().expect("zklock exited")
+    }
+}
+
+/// `zklock run OPTS LOCK -- <gate>` on the shared server, returned once the command runs.
+pub fn hold_shared(lock: &str, opts: &[&str], dir: &Path, name: &str) -> (Child, Gate) {
+    let gate = Gate::new(dir, name);
+    let argv = gate.argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let child = gate.hold(run_shared(lock, opts, &argv));
+    (child, gate)
 }
 
 /// Whether a process with this pid exists and is not a zombie.
