@@ -389,6 +389,10 @@ def make_tools(a):
                         lambda lock, cmd, ep, x: ["java"] + a.jvm_flags.split() + ["-cp", java_cp, "CuratorLock", "-z", ep or a.zk,
                                                   "--session-timeout", "10000"] + x + [lock, "--"] + cmd,
                         f"bench/peers/CuratorLock.java (InterProcessMutex), java {a.jvm_flags}, session timeout 10 s"),
+        "floor": Tool("floor", "zk",
+                      lambda lock, cmd, ep, x: [a.floor, ep or a.zk, lock],
+                      "bench/floor.rs: zklock's requests for one cycle (session, create + listing, delete + close) "
+                      "with the same crate and runtime, and nothing else; it runs no command"),
         "zklock": Tool("zklock", "zk",
                        lambda lock, cmd, ep, x: [a.zklock, "run", "-z", ep or a.zk, "--server-tick", tick] + x + [lock, "--"] + cmd,
                        f"zklock run --server-tick {tick} (session timeout 10 s, its default)"),
@@ -464,14 +468,19 @@ def fig_cycle(a, tools, zk, etcd, res):
         out[t.name] = dict(stats_ms(samples[t.name]), cpu_ms_median=statistics.median(cpu[t.name]),
                            failures=failures[t.name])
     base = out.get("flock", {}).get("median")
+    base_cpu = out.get("flock", {}).get("cpu_ms_median")
     zkl = out.get("zklock", {}).get("median")
+    floor = out.get("floor", {}).get("median")
     rows = []
     for t in tools:
         o = out[t.name]
         rows.append([t.name, fmt(o["median"], 2), fmt(o["p99"], 2), fmt(o["cpu_ms_median"], 1),
+                     fmt(o["cpu_ms_median"] / base_cpu, 2) + "x" if base_cpu else "-",
                      fmt(o["median"] / base, 2) + "x" if base else "-",
+                     fmt(o["median"] / floor, 2) + "x" if floor else "-",
                      fmt(o["median"] / zkl, 2) + "x" if zkl else "-", o["failures"]])
-    txt = table(["tool", "median ms", "p99 ms", "CPU ms", "vs flock", "vs zklock", "failed"], rows)
+    txt = table(["tool", "median ms", "p99 ms", "CPU ms", "CPU vs flock", "vs flock", "vs floor", "vs zklock", "failed"],
+                rows)
     log(txt)
     res["cycle"] = out
     res["md"].append("### 1. Uncontended cycle\n\n`<wrapper> /locks/bench -- true` against idle local servers, "
@@ -821,6 +830,47 @@ def fig_modes(a, tools, zk, etcd, res):
                      "reader's start stamp (all K are released at once).\n\n" + txt + "\n")
 
 
+def fig_recursive(a, tools, zk, etcd, res):
+    """zklock status --recursive over many locks: wall time, locks per second, CPU, peak RSS."""
+    z = next((t for t in tools if t.name == "zklock"), None)
+    n = a.recursive_locks
+    if z is None or n <= 0:
+        return
+    log(f"\n== 7. status --recursive over {n} locks (100 per parent, each with one lock node), 5 runs per format ==")
+    c = zk.client
+    root = "/bench/many"
+    zk.rmr(root)
+    c.ensure_path(root)
+    for g in range(n // 100):
+        parent = f"{root}/g{g:03}"
+        c.create(parent, b"")
+        for r in [c.create_async(f"{parent}/l{i:03}", b"") for i in range(100)]:
+            r.get()
+        for r in [c.create_async(f"{parent}/l{i:03}/_c_x-lock-0000000001", b"") for i in range(100)]:
+            r.get()
+    rows, out = [], {}
+    for form in ("text", "json", "prometheus"):
+        walls, cpus, rsss, codes = [], [], [], []
+        for _ in range(5):
+            wall, code, cpu, rss = run_once([a.zklock, "status", "-z", a.zk, "-r", "--format", form, root])
+            walls.append(wall)
+            cpus.append(cpu)
+            rsss.append(rss)
+            codes.append(code)
+        med = statistics.median(walls) / 1e9
+        out[form] = {"median_s": med, "locks_per_s": n / med, "cpu_ms_median": statistics.median(cpus),
+                     "peak_rss_kib_max": max(rsss), "exit_codes": sorted(set(codes))}
+        rows.append([form, fmt(med * 1e3, 1), fmt(n / med, 0), fmt(statistics.median(cpus), 1),
+                     fmt(max(rsss) / 1024, 1), "/".join(str(x) for x in sorted(set(codes)))])
+    zk.rmr(root)
+    txt = table(["format", "median ms", "locks per second", "CPU ms", "peak RSS MiB", "exit"], rows)
+    log(txt)
+    res["recursive"] = out
+    res["md"].append(f"### 7. status --recursive\n\n`zklock status -r --format F /bench/many` over {n} locks "
+                     "(100 per parent, one lock node each), 5 runs per format; whole-process wall time, CPU "
+                     "(user+sys), peak RSS (wait4).\n\n" + txt + "\n")
+
+
 def fig_handoff(a, tools, zk, etcd, res):
     log(f"\n== 2. handoff: K contenders queued behind a gate holder, K in {a.ks}, at least {a.reps} rounds and "
         f"{a.min_gaps} gaps per K, tools interleaved ==")
@@ -1160,12 +1210,14 @@ def main():
     p.add_argument("--etcd", required=True)
     p.add_argument("--tick-ms", type=int, default=2000)
     p.add_argument("--zklock", required=True)
+    p.add_argument("--floor", default=None, help="the floor client (bench/floor.rs), for figure 1")
     p.add_argument("--stamp", required=True)
     p.add_argument("--java-cp", required=True)
     p.add_argument("--jvm-flags", default="-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
     p.add_argument("--out", required=True)
-    p.add_argument("--tools", default="flock,etcdctl,kazoo,curator,zklock")
-    p.add_argument("--figures", default="1,2,3,4,5,6")
+    p.add_argument("--tools", default="flock,etcdctl,kazoo,curator,floor,zklock")
+    p.add_argument("--figures", default="1,2,3,4,5,6,7")
+    p.add_argument("--recursive-locks", type=int, default=10000, help="locks for figure 7")
     p.add_argument("--cycles", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--phase-runs", type=int, default=20)
@@ -1206,16 +1258,20 @@ def main():
         if "1" in figs:
             fig_cycle(a, tools, zk, etcd, res)
             fig_phases(a, tools, zk, res)
+        # The floor runs no command: it has a place in figure 1 only.
+        wrappers = [t for t in tools if t.name != "floor"]
         if "2" in figs:
-            fig_handoff(a, tools, zk, etcd, res)
+            fig_handoff(a, wrappers, zk, etcd, res)
         if "3" in figs:
-            fig_idle(a, tools, zk, etcd, res)
+            fig_idle(a, wrappers, zk, etcd, res)
         if "4" in figs:
-            fig_loss(a, tools, zk, etcd, res)
+            fig_loss(a, wrappers, zk, etcd, res)
         if "5" in figs:
-            fig_scale(a, tools, zk, etcd, res)
+            fig_scale(a, wrappers, zk, etcd, res)
         if "6" in figs:
-            fig_modes(a, tools, zk, etcd, res)
+            fig_modes(a, wrappers, zk, etcd, res)
+        if "7" in figs:
+            fig_recursive(a, wrappers, zk, etcd, res)
     finally:
         cleanup_all()
         zk.stop()
