@@ -14,7 +14,7 @@
 //! * limit N (zklock `--limit N`, `__LIMIT_<N>__`): at most N hold; proceed when fewer than N
 //!   nodes are ahead. The first waiter watches the directory (a release of any holder must wake
 //!   it, and only it); every later waiter watches its predecessor, whose data changes when it
-//!   acquires. A limited path takes only limit nodes of the same N.
+//!   acquires. A limited path takes only limit nodes of the same N; its first node decides.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -233,23 +233,32 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// Why the contender at `ours` must not join this queue, if it must not.
+/// Why the contender at `ours` must not join this queue, if it must not. The first node of the
+/// queue decides whether the path is a `--limit` lock and its N: a contender that does not fit
+/// refuses, and one that arrives behind a refusing contender (about to leave) is not misled by
+/// it. A plain exclusive contender refuses a read-write lock wherever its nodes stand.
 fn refusal(queue: &[Contender], ours: usize) -> Option<Refusal> {
     let me = queue[ours].kind.mode();
-    queue.iter().find_map(|c| match (me, c.kind) {
+    let first = &queue[0];
+    let limit = match (me, first.kind) {
         (Mode::Limit(n), NodeKind::Limit(m)) if n != m => {
-            Some(Refusal::LimitMismatch { ours: n, theirs: m, node: c.name.clone() })
+            Some(Refusal::LimitMismatch { ours: n, theirs: m, node: first.name.clone() })
         }
         (Mode::Limit(_), NodeKind::Limit(_)) => None,
         (Mode::Limit(_), kind) | (_, kind @ NodeKind::Limit(_)) => {
-            Some(Refusal::Mixed { ours: me, node: c.name.clone(), kind })
-        }
-        // Curator's and kazoo's readers do not see a `-lock-` node: a plain exclusive
-        // contender must not join a read-write lock (use --write).
-        (Mode::Exclusive, kind @ (NodeKind::CuratorRead | NodeKind::CuratorWrite | NodeKind::KazooRead)) => {
-            Some(Refusal::Mixed { ours: me, node: c.name.clone(), kind })
+            Some(Refusal::Mixed { ours: me, node: first.name.clone(), kind })
         }
         _ => None,
+    };
+    // Curator's and kazoo's readers do not see a `-lock-` node: a plain exclusive contender
+    // must not join a read-write lock (use --write).
+    limit.or_else(|| {
+        queue.iter().find_map(|c| match (me, c.kind) {
+            (Mode::Exclusive, kind @ (NodeKind::CuratorRead | NodeKind::CuratorWrite | NodeKind::KazooRead)) => {
+                Some(Refusal::Mixed { ours: me, node: c.name.clone(), kind })
+            }
+            _ => None,
+        })
     })
 }
 
@@ -441,12 +450,19 @@ mod tests {
             verdict(&queue, 1),
             Err(Refusal::LimitMismatch { ours: n(3), theirs: n(2), node: queue[0].name.clone() })
         );
-        let e = verdict(&queue, 0).unwrap_err().to_string();
-        assert!(e.contains("--limit 3") && e.contains("this is --limit 2"), "{e}");
+        let e = verdict(&queue, 1).unwrap_err().to_string();
+        assert!(e.contains("use --limit 2") && e.contains("this is --limit 3"), "{e}");
+        // The first node decides: it holds.
+        assert_eq!(verdict(&queue, 0), Ok(Verdict::Proceed));
+        // A contender behind a refusing one (about to leave) is not refused for it.
+        let queue = q(&[lim(2), lim(3), lim(2)]);
+        assert_eq!(verdict(&queue, 2), Ok(Verdict::Wait { watch: Watch::Directory, next_in_line: true, ahead: 2 }));
         for other in [CuratorMutex, CuratorRead, CuratorWrite, KazooLock, KazooRead] {
             let queue = q(&[other, lim(2)]);
             assert!(matches!(verdict(&queue, 1), Err(Refusal::Mixed { .. })), "{other:?}");
-            assert!(matches!(verdict(&queue, 0), Err(Refusal::Mixed { .. })), "{other:?}");
+            let queue = q(&[lim(2), other]);
+            assert!(matches!(verdict(&queue, 1), Err(Refusal::Mixed { .. })), "{other:?}");
+            assert_eq!(verdict(&queue, 0), Ok(Verdict::Proceed), "{other:?}");
         }
         // holders() applies the ordering rule alone, each node by its own limit.
         assert_eq!(holders(&q(&[lim(2), lim(3), lim(3), lim(2)])), [0, 1, 2]);
