@@ -76,7 +76,7 @@ fn limit_3_with_10_contenders_never_exceeds_3_and_all_run_in_queue_order() {
     let dir = TempDir::new().unwrap();
     let file = dir.path().join("marks");
     let mut children: Vec<Child> =
-        (0..10).map(|i| spawn(&lock, &["--limit", "3"], &marking(&file, &format!("c{i}"), "0.3"))).collect();
+        (0..10).map(|i| spawn(&lock, &["--limit", "3"], &marking(&file, &format!("c{i}"), "0.5"))).collect();
     for c in &mut children {
         assert_eq!(wait_status(c).code(), Some(0));
     }
@@ -93,8 +93,11 @@ fn limit_3_with_10_contenders_never_exceeds_3_and_all_run_in_queue_order() {
     for (k, mark) in by_seq.iter().enumerate() {
         let ended_before = ends.iter().filter(|&&e| e <= mark.start).count();
         assert!(ended_before + 3 > k, "queue place {k} started after only {ended_before} releases: {m:?}");
-        // Nobody queued behind it ran to the end before it started: no overtaking.
-        assert!(ended_before <= k, "queue place {k} was overtaken: {m:?}");
+        // A waiter is not overtaken: nobody queued behind it ran to the end before it started
+        // (the first three are granted together, in no order of their own).
+        if k >= 3 {
+            assert!(ended_before <= k, "queue place {k} was overtaken: {m:?}");
+        }
     }
     assert!(zk.children(&lock).is_empty());
 }
