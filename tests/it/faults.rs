@@ -223,16 +223,17 @@ fn silent_partition_past_the_threshold_stops_the_holder_before_the_waiter_starts
     assert!(holder.stderr().contains("no heartbeat confirmed"), "{}", holder.stderr());
 }
 
-/// Scenario 1 over TLS: the deadline does not depend on the transport. The proxy forwards
-/// the encrypted bytes as they are.
-#[test]
-fn over_tls_a_silent_partition_stops_the_holder_before_the_waiter_starts() {
+/// Over TLS, the holder behind a proxy to the secure port (the proxy forwards the encrypted
+/// bytes as they are) and a waiter connected directly: `fault` cuts the holder off until the
+/// waiter starts. The holder's command must be stopped before the waiter's starts, and the
+/// holder must exit 124 saying why: the deadline does not depend on the transport. Returns
+/// the holder's stderr.
+fn over_tls_the_holder_is_stopped_before_the_waiter_starts(lock: &str, fault: Mode) -> String {
     let _turn = serial();
     let tls = TlsServer::start("none");
     let zk = Zk::connect(&tls.server.connect_string());
     let proxy = Proxy::start("holder", addr(tls.secure_port));
     let bed = Bed::new();
-    let lock = "/faults/tls-partition";
     let ca = Certs::shared().ca_args();
     let tls_opts: Vec<&str> = opts("4s").into_iter().chain(ca.iter().map(String::as_str)).collect();
     let tick = tls.server.tick();
@@ -241,42 +242,8 @@ fn over_tls_a_silent_partition_stops_the_holder_before_the_waiter_starts() {
     let mut waiter = bed.spawn("waiter", &tls.secure_connect_string(), tick, lock, &tls_opts, Hold::Beats(3));
     zk.wait_children(lock, 2);
 
-    bed.history.note("test", "partition holder");
-    proxy.set_mode(Mode::Drop);
-    let waiter_start = bed.history.wait_event("waiter", "start", PATIENCE);
-    proxy.set_mode(Mode::Pass);
-    bed.history.note("test", "heal");
-
-    let runs = [Run::new("holder", holder.wait(), &[124]), Run::new("waiter", waiter.wait(), &[0])];
-    verify(&bed, &zk, lock, &runs);
-    let holder_cmd = &bed.history.commands()["holder"];
-    assert!(holder_cmd.stopped.is_some(), "the holder's command never got the stop signal");
-    assert!(holder_cmd.last < waiter_start.ts);
-    assert!(holder.stderr().contains("no heartbeat confirmed"), "{}", holder.stderr());
-}
-
-/// Session expiry over TLS: the holder's connections are reset and refused until the server
-/// expires its session; its command is stopped (at the deadline, which comes before the
-/// expiry) before the waiter is granted the lock.
-#[test]
-fn over_tls_a_session_expired_while_cut_off_stops_the_holder_before_the_waiter_starts() {
-    let _turn = serial();
-    let tls = TlsServer::start("none");
-    let zk = Zk::connect(&tls.server.connect_string());
-    let proxy = Proxy::start("holder", addr(tls.secure_port));
-    let bed = Bed::new();
-    let lock = "/faults/tls-expiry";
-    let ca = Certs::shared().ca_args();
-    let tls_opts: Vec<&str> = opts("4s").into_iter().chain(ca.iter().map(String::as_str)).collect();
-    let tick = tls.server.tick();
-    let mut holder = bed.spawn("holder", &proxy.connect_string(), tick, lock, &tls_opts, bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
-    let mut waiter = bed.spawn("waiter", &tls.secure_connect_string(), tick, lock, &tls_opts, Hold::Beats(3));
-    zk.wait_children(lock, 2);
-
-    bed.history.note("test", "reset holder");
-    proxy.set_mode(Mode::Reset);
-    // The waiter is granted the lock only when the server has expired the holder's session.
+    bed.history.note("test", &format!("{fault:?} holder"));
+    proxy.set_mode(fault);
     let waiter_start = bed.history.wait_event("waiter", "start", PATIENCE);
     proxy.set_mode(Mode::Pass);
     bed.history.note("test", "heal");
@@ -287,7 +254,23 @@ fn over_tls_a_session_expired_while_cut_off_stops_the_holder_before_the_waiter_s
     assert!(holder_cmd.stopped.is_some(), "the holder's command never got the stop signal");
     assert!(holder_cmd.last < waiter_start.ts);
     let err = holder.stderr();
-    assert!(err.contains("lost /faults/tls-expiry while the command ran"), "{err}");
+    assert!(err.contains(&format!("lost {lock} while the command ran")), "{err}");
+    err
+}
+
+/// Scenario 1 over TLS: a silent partition of the holder, past the threshold.
+#[test]
+fn over_tls_a_silent_partition_stops_the_holder_before_the_waiter_starts() {
+    let err = over_tls_the_holder_is_stopped_before_the_waiter_starts("/faults/tls-partition", Mode::Drop);
+    assert!(err.contains("no heartbeat confirmed"), "{err}");
+}
+
+/// Session expiry over TLS: the holder's connections are reset and refused until the server
+/// expires its session (the waiter is granted the lock only then); the holder's command is
+/// stopped at the deadline, which comes before the expiry.
+#[test]
+fn over_tls_a_session_expired_while_cut_off_stops_the_holder_before_the_waiter_starts() {
+    over_tls_the_holder_is_stopped_before_the_waiter_starts("/faults/tls-expiry", Mode::Reset);
 }
 
 /// Scenario 2: a partition shorter than the threshold: the command survives and exits 0.

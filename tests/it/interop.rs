@@ -179,23 +179,30 @@ fn zklock_and_curators_mutex_never_hold_together_in_either_order_of_arrival() {
     }
 }
 
-#[test]
-fn zklock_and_curators_read_write_lock_share_readers_and_exclude_writers() {
-    let mut bed = Bed::new("curator-rw");
+/// A read-write lock shared with another library's `reader` and `writer`: a zklock reader and
+/// theirs hold together; their writer queued behind waits for both, and a zklock reader queued
+/// behind their writer runs after it; a zklock writer excludes their reader queued behind it.
+fn read_write_lock_with(name: &str, reader: &str, writer: &str) {
+    let mut bed = Bed::new(name);
     bed.spawn("zr", "zklock:--shared", None);
-    bed.spawn("cr", "curator:read", None);
-    bed.history.wait_event("cr", "start", PATIENCE);
-    bed.spawn("cw", "curator:write", Some(6));
+    bed.spawn("tr", reader, None);
+    bed.history.wait_event("tr", "start", PATIENCE);
+    bed.spawn("tw", writer, Some(6));
     bed.spawn("zr2", "zklock:--shared", Some(4));
     bed.spawn("zw", "zklock:--write", Some(6));
-    bed.spawn("cr2", "curator:read", Some(4));
-    assert!(!bed.started("cw") && !bed.started("zr2"), "a writer, and a reader behind it, waited for the readers");
+    bed.spawn("tr2", reader, Some(4));
+    assert!(!bed.started("tw") && !bed.started("zr2"), "a writer, and a reader behind it, waited for the readers");
     bed.release("zr");
-    bed.release("cr");
+    bed.release("tr");
     let cmds = bed.verify();
-    assert!(overlapped(&cmds, "zr", "cr"), "readers of both libraries ran together");
-    assert!(cmds["cw"].last < cmds["zr2"].start, "the reader queued behind Curator's writer ran after it");
-    assert!(cmds["zw"].last < cmds["cr2"].start, "Curator's reader queued behind zklock's writer ran after it");
+    assert!(overlapped(&cmds, "zr", "tr"), "readers of both libraries ran together");
+    assert!(cmds["tw"].last < cmds["zr2"].start, "the reader queued behind {writer} ran after it");
+    assert!(cmds["zw"].last < cmds["tr2"].start, "{reader} queued behind zklock's writer ran after it");
+}
+
+#[test]
+fn zklock_and_curators_read_write_lock_share_readers_and_exclude_writers() {
+    read_write_lock_with("curator-rw", "curator:read", "curator:write");
 }
 
 #[test]
@@ -212,19 +219,5 @@ fn zklock_and_kazoo_locks_never_hold_together_and_share_reads() {
     }
 
     // kazoo's ReadLock and WriteLock beside zklock --shared and --write.
-    let mut bed = Bed::new("kazoo-rw");
-    bed.spawn("zr", "zklock:--shared", None);
-    bed.spawn("kr", "kazoo:read __WRIT__,-lock-", None);
-    bed.history.wait_event("kr", "start", PATIENCE);
-    bed.spawn("kw", "kazoo:write __READ__,__WRIT__,-lock-", Some(6));
-    bed.spawn("zr2", "zklock:--shared", Some(4));
-    bed.spawn("zw", "zklock:--write", Some(6));
-    bed.spawn("kr2", "kazoo:read __WRIT__,-lock-", Some(4));
-    assert!(!bed.started("kw") && !bed.started("zr2"));
-    bed.release("zr");
-    bed.release("kr");
-    let cmds = bed.verify();
-    assert!(overlapped(&cmds, "zr", "kr"), "readers of both libraries ran together");
-    assert!(cmds["kw"].last < cmds["zr2"].start);
-    assert!(cmds["zw"].last < cmds["kr2"].start);
+    read_write_lock_with("kazoo-rw", "kazoo:read __WRIT__,-lock-", "kazoo:write __READ__,__WRIT__,-lock-");
 }
