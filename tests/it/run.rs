@@ -33,13 +33,19 @@ fn concurrent_runs_never_overlap_in_fifo_order_with_rising_tokens() {
     let dir = TempDir::new().unwrap();
     let marks = dir.path().join("marks").to_string_lossy().into_owned();
     let mut children = Vec::new();
+    // The first holds until every contender has queued (however slowly they start), so that
+    // the queue grows one node at a time: arrival order is queue order.
+    let go = dir.path().join("go");
     for id in 0..N {
-        let argv = marking_command(&marks, id);
+        let mut argv = marking_command(&marks, id);
+        if id == 0 {
+            argv[2] = format!("while [ ! -e '{}' ]; do sleep 0.02; done; {}", go.display(), argv[2]);
+        }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         children.push(run_shared(&lock, &[], &argv).spawn().unwrap());
-        // Arrival order is queue order: wait until this contender's node is in the queue.
         zk.wait_children(&lock, id + 1);
     }
+    std::fs::write(&go, "").unwrap();
     for c in &mut children {
         assert_eq!(code(wait_status(c)), 0);
     }
