@@ -21,7 +21,7 @@ use crate::nodedata::NodeData;
 use crate::queue::Mode;
 use crate::session::{Loss, Monitor, Watchdog};
 use crate::signals::Signals;
-use crate::supervise::{Outcome, Supervisor};
+use crate::supervise::{JobControl, Outcome, Supervisor};
 use crate::zk::{self, ConnectOptions, PendingDelete};
 
 /// Fails fast, before touching the lock, when the command cannot be found or run.
@@ -175,6 +175,7 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
     if waited {
         mark_acquired(client, &node, &mut doc);
     }
+    signals.job_control = Some(JobControl::install());
     let mut child = match start(client, job, &node) {
         Ok(child) => child,
         Err(code) => {
@@ -372,7 +373,9 @@ async fn supervise(
     let mut guard = child.guard().map_err(|e| warn!("cannot start the guard process: {e}")).ok();
     let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
     let acquired = tokio::time::Instant::now();
-    let outcome = Supervisor { child, monitor: &mut monitor, signals, enforcer: &enforcer, clock }.run().await;
+    let job_control = signals.job_control.take().unwrap_or_else(JobControl::install);
+    let outcome =
+        Supervisor { job_control, child, monitor: &mut monitor, signals, enforcer: &enforcer, clock }.run().await;
 
     // Release order: the command and its whole group gone -> our node deleted -> session
     // closed (by the caller). The enforcer keeps the deadline while stragglers are stopped.

@@ -17,6 +17,8 @@ pub const FORWARDED: [Signal; 7] = [
 
 pub struct Signals {
     streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+    /// SIGTSTP and SIGCONT, caught from just before the command starts until it ends.
+    pub job_control: Option<crate::supervise::JobControl>,
 }
 
 impl Signals {
@@ -26,7 +28,7 @@ impl Signals {
             .iter()
             .map(|&sig| Ok((sig, signal(SignalKind::from_raw(sig as i32))?)))
             .collect::<std::io::Result<_>>()?;
-        Ok(Signals { streams })
+        Ok(Signals { streams, job_control: None })
     }
 
     /// The next signal received (cancel-safe).

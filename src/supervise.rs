@@ -30,7 +30,25 @@ pub struct Outcome {
     pub straggler_grace: Duration,
 }
 
+/// Job control: SIGTSTP and SIGCONT, caught from before the command starts, so that a Ctrl-Z
+/// arriving as it starts is not left to the default action (zklock stopped, the command not).
+pub struct JobControl {
+    tstp: Option<tokio::signal::unix::Signal>,
+    cont: Option<tokio::signal::unix::Signal>,
+}
+
+impl JobControl {
+    /// Must run inside the runtime.
+    pub fn install() -> JobControl {
+        JobControl {
+            tstp: signal(SignalKind::from_raw(Signal::SIGTSTP as i32)).ok(),
+            cont: signal(SignalKind::from_raw(Signal::SIGCONT as i32)).ok(),
+        }
+    }
+}
+
 pub struct Supervisor<'a, C: Clock> {
+    pub job_control: JobControl,
     pub child: &'a mut Child,
     pub monitor: &'a mut Monitor,
     pub signals: &'a mut Signals,
@@ -42,8 +60,7 @@ impl<C: Clock> Supervisor<'_, C> {
     pub async fn run(self) -> Outcome {
         // Job control: Ctrl-Z stops the command's group and then zklock itself; when zklock is
         // continued, deadlines that passed meanwhile act first, then the group is continued.
-        let mut tstp = signal(SignalKind::from_raw(Signal::SIGTSTP as i32)).ok();
-        let mut cont = signal(SignalKind::from_raw(Signal::SIGCONT as i32)).ok();
+        let JobControl { mut tstp, mut cont } = self.job_control;
         loop {
             let now = self.clock.now();
             let nap = self.enforcer.act(now).map_or(MAX_NAP, |at| at.saturating_sub(now).min(MAX_NAP));
