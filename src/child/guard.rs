@@ -1,5 +1,4 @@
-//! The guard: a small process outside the command's group that SIGKILLs the whole group if
-//! zklock dies without disarming it.
+//! The guard process of a running command (see [`Guard`]).
 
 use std::io;
 
@@ -74,10 +73,10 @@ extern "C" fn guard_entry(arg: *mut nix::libc::c_void) -> nix::libc::c_int {
 /// SIGKILL the command's group if it closed without "done". Every signal stays blocked, as it
 /// was at the clone: none can stop, end or interrupt the guard, but SIGKILL and SIGSTOP.
 ///
-/// It shares zklock's memory, so it runs on its own stack and calls nothing but system calls
-/// made by rustix, which touch no thread-local state (no errno; the thread pointer is zklock's),
-/// with one `close_range` through libc, whose errno is written only on a failure its arguments
-/// rule out.
+/// It shares zklock's memory, so it runs on its own stack and makes nothing but system calls:
+/// through rustix, which touches no thread-local state (no errno; the thread pointer is
+/// zklock's), except `close_range` and `_exit` through libc, whose errno is written only on a
+/// failure their arguments rule out.
 unsafe fn guard_main(pipe: i32, pgid: i32) -> ! {
     use nix::libc;
     use rustix::fd::BorrowedFd;
