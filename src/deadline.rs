@@ -16,6 +16,7 @@ use tracing::{error, warn};
 
 use crate::clock::Clock;
 use crate::session::{Action, Loss, Watchdog};
+use crate::zk::Confirmed;
 
 /// Longest sleep between checks. The condvar sleeps on CLOCK_MONOTONIC, which stops while the
 /// host is suspended: waking at least this often bounds how late a deadline that passed during
@@ -125,9 +126,9 @@ impl Enforcer {
         self.shared.act(&mut state, now)
     }
 
-    /// A heartbeat sent at `sent` was confirmed by the leader.
-    pub fn confirmed(&self, sent: Duration) {
-        self.shared.lock().watchdog.confirmed(sent);
+    /// A heartbeat was confirmed by the leader.
+    pub fn confirmed(&self, proof: Confirmed) {
+        self.shared.lock().watchdog.confirmed(proof);
     }
 
     /// The lock is known to be lost: the stop signal goes out now.
@@ -190,7 +191,12 @@ mod tests {
     /// An enforcer on `group`, its t_ok now.
     fn enforce(group: &std::process::Child) -> Enforcer {
         let clock = BootClock;
-        Enforcer::start(Watchdog::new(&budget(), clock.now()), Pid::from_raw(group.id() as i32), Signal::SIGTERM, clock)
+        Enforcer::start(
+            Watchdog::new(&budget(), Confirmed::for_test(clock.now())),
+            Pid::from_raw(group.id() as i32),
+            Signal::SIGTERM,
+            clock,
+        )
     }
 
     #[test]

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tracing::{debug, info, warn};
 use zookeeper_client::{Client, CreateMode, EventType};
 
-use crate::zk::{is_connection_failure, retry, wait_connected, ConnectOptions};
+use crate::zk::{self, is_connection_failure, retry, wait_connected, Confirmed, ConnectOptions};
 
 use crate::clock::Clock;
 use crate::queue::{verdict, Contender, Mode, Verdict, Watch, PROTECTED_PREFIX};
@@ -84,8 +84,9 @@ pub struct OurNode {
     pub name: String,
     /// The zxid of the create: the fencing token.
     pub czxid: i64,
-    /// When the create was sent, on the deadline clock: the leader validated our session after this.
-    pub create_sent: Duration,
+    /// Our create (or, for a node recovered after a lost reply, a check on it) through the
+    /// leader.
+    pub created: Confirmed,
 }
 
 /// How an acquisition attempt ended.
@@ -94,7 +95,7 @@ pub enum Acquired {
     /// The lock is ours. `waited` says whether we had to wait for a predecessor; `confirmed`
     /// is the latest send time of a request on our node that the leader confirmed (our create,
     /// or a check): a `t_ok`.
-    Yes { waited: bool, confirmed: Duration },
+    Yes { waited: bool, confirmed: Confirmed },
     /// `--no-wait` found the lock held by `ahead` contenders.
     Held { ahead: usize },
 }
@@ -142,19 +143,15 @@ impl<'a, C: Clock> Recipe<'a, C> {
     pub async fn create(&self, data: &[u8]) -> Result<(OurNode, Option<Listing<'a>>)> {
         let prefix = self.prefix();
         let mut last_err = None;
-        // A node found after a lost reply may come from any earlier attempt: credit the
-        // earliest send time, never a later one.
-        let first_sent = self.clock.now();
         for _ in 0..CREATE_ATTEMPTS {
-            let sent = first_sent;
-            let creating =
-                self.client.create(&prefix, data, &CreateMode::EphemeralSequential.with_acls(self.connect.acl));
+            let options = CreateMode::EphemeralSequential.with_acls(self.connect.acl);
+            let creating = zk::through_leader(&self.clock, || self.client.create(&prefix, data, &options));
             let listing = self.client.list_children(self.lock);
             match creating.await {
-                Ok((stat, seq)) => {
+                Ok(((stat, seq), created)) => {
                     let path = format!("{prefix}{seq}");
                     let name = path[self.lock.len() + 1..].to_owned();
-                    let node = OurNode { path, name, czxid: stat.czxid, create_sent: sent };
+                    let node = OurNode { path, name, czxid: stat.czxid, created };
                     return Ok((node, Some(Box::pin(listing))));
                 }
                 Err(zookeeper_client::Error::NoNode) => {
@@ -179,7 +176,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 Err(e) if is_connection_failure(&e) => {
                     warn!("connection lost while creating the lock node ({e}); looking for it after reconnecting");
                     wait_connected(self.client).await.context("while recovering the lock node")?;
-                    if let Some(node) = self.find_ours(sent).await? {
+                    if let Some(node) = self.find_ours().await? {
                         return Ok((node, None));
                     }
                     last_err = Some(e);
@@ -212,8 +209,9 @@ impl<'a, C: Clock> Recipe<'a, C> {
     }
 
     /// After a lost create reply: our uuid's node, adopted only if our session owns it; any
-    /// other node with our uuid is deleted.
-    async fn find_ours(&self, sent: Duration) -> Result<Option<OurNode>> {
+    /// other node with our uuid is deleted. The lost reply confirmed nothing, so an adopted
+    /// node is confirmed through the leader once more.
+    async fn find_ours(&self) -> Result<Option<OurNode>> {
         // The lost create may still be on its way through the leader: sync first.
         retry(self.client, || self.client.sync(self.lock)).await.ok();
         let children = match retry(self.client, || self.client.list_children(self.lock)).await {
@@ -228,7 +226,12 @@ impl<'a, C: Clock> Recipe<'a, C> {
             match retry(self.client, || self.client.get_data(&path)).await {
                 Ok((_, stat)) if stat.ephemeral_owner == session && adopted.is_none() => {
                     info!("recovered our lock node {name} after a lost reply");
-                    adopted = Some(OurNode { path, name, czxid: stat.czxid, create_sent: sent });
+                    let created = retry(self.client, || async {
+                        zk::check(self.client, &path, &self.clock).await.map_err(zookeeper_client::Error::from)
+                    })
+                    .await
+                    .with_context(|| format!("cannot confirm our recovered lock node {path}"))?;
+                    adopted = Some(OurNode { path, name, czxid: stat.czxid, created });
                 }
                 Ok(_) => {
                     warn!("deleting stray node {name} that carries our id but not our session");
@@ -293,18 +296,15 @@ impl<'a, C: Clock> Recipe<'a, C> {
     ) -> Result<Acquired> {
         let mut waited = false;
         let mut told = usize::MAX;
-        let confirmed = Cell::new(node.create_sent);
+        let confirmed = Cell::new(node.created);
         loop {
-            // commit() sends the check at once; the listing sent after it is answered after it.
-            let stale = self.clock.now() >= confirmed.get() + pace.recheck_after;
-            let check = (waited && stale).then(|| {
-                let sent = self.clock.now();
-                (sent, self.client.new_check_writer(&node.path, None).map(|writer| writer.commit()))
-            });
+            // The check is sent at once; the listing sent after it is answered after it.
+            let stale = self.clock.now() >= confirmed.get().at() + pace.recheck_after;
+            let check = (waited && stale).then(|| zk::check(self.client, &node.path, &self.clock));
             let turn = self.turn(node, listed.take()).await?;
-            if let Some((sent, Ok(commit))) = check {
-                if commit.await.is_ok() {
-                    confirmed.set(confirmed.get().max(sent));
+            if let Some(check) = check {
+                if let Ok(c) = check.await {
+                    advance(&confirmed, c);
                 }
             }
             let (watch, next_in_line, ahead) = match turn {
@@ -331,7 +331,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
     /// Returns once the lock directory's children change (or changed since the last listing:
     /// the verdict on the children read with the watch is no longer to watch the directory).
     /// The first waiter of a `--limit` lock waits here, next in line.
-    async fn watch_directory(&self, node: &OurNode, confirmed: &Cell<Duration>, period: Duration) -> Result<()> {
+    async fn watch_directory(&self, node: &OurNode, confirmed: &Cell<Confirmed>, period: Duration) -> Result<()> {
         let (children, watcher) = match retry(self.client, || self.client.list_and_watch_children(self.lock)).await {
             Ok(r) => r,
             Err(e) => return Err(e).with_context(|| format!("cannot watch {}", self.lock)),
@@ -358,7 +358,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
         node: &OurNode,
         predecessor: &str,
         mut next_in_line: bool,
-        confirmed: &Cell<Duration>,
+        confirmed: &Cell<Confirmed>,
         period: Duration,
     ) -> Result<()> {
         let path = format!("{}/{predecessor}", self.lock);
@@ -390,24 +390,20 @@ impl<'a, C: Clock> Recipe<'a, C> {
     /// The holder's heartbeat, sent by the waiter next in line: a check on our own node through
     /// the leader every `period` (at once if the last confirmation is older). Failures are left
     /// to the listing and the session watch; this only ever moves `confirmed` forward.
-    async fn heartbeat_while_next(&self, node: &OurNode, confirmed: &Cell<Duration>, period: Duration) -> Infallible {
+    async fn heartbeat_while_next(&self, node: &OurNode, confirmed: &Cell<Confirmed>, period: Duration) -> Infallible {
         loop {
-            let due = confirmed.get() + period;
+            let due = confirmed.get().at() + period;
             let now = self.clock.now();
             if now < due {
                 tokio::time::sleep(due - now).await;
                 continue;
             }
-            let sent = self.clock.now();
-            let ok = match self.client.new_check_writer(&node.path, None) {
-                Ok(writer) => writer.commit().await.is_ok(),
-                Err(_) => false,
-            };
-            if ok {
-                debug!("next in line: our session confirmed through the leader");
-                confirmed.set(confirmed.get().max(sent));
-            } else {
-                tokio::time::sleep(period).await;
+            match zk::check(self.client, &node.path, &self.clock).await {
+                Ok(c) => {
+                    debug!("next in line: our session confirmed through the leader");
+                    advance(confirmed, c);
+                }
+                Err(_) => tokio::time::sleep(period).await,
             }
         }
     }
@@ -443,6 +439,13 @@ impl<'a, C: Clock> Recipe<'a, C> {
         }
         Ok(())
     }
+}
+
+/// Moves a shared confirmation forward (never back).
+fn advance(cell: &Cell<Confirmed>, newer: Confirmed) {
+    let mut c = cell.get();
+    c.advance(newer);
+    cell.set(c);
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::queue::Mode;
 use crate::session::{Loss, Monitor, Watchdog};
 use crate::signals::Signals;
 use crate::supervise::{JobControl, Outcome, Supervisor};
-use crate::zk::{self, ConnectOptions, PendingDelete};
+use crate::zk::{self, Confirmed, ConnectOptions, PendingDelete};
 
 /// Fails fast, before touching the lock, when the command cannot be found or run.
 fn precheck_command(argv0: &OsString) -> Result<std::path::PathBuf, (u8, String)> {
@@ -207,7 +207,7 @@ fn budget(client: &Client, args: &RunArgs) -> Result<Budget> {
 struct Won {
     node: OurNode,
     waited: bool,
-    confirmed: Duration,
+    confirmed: Confirmed,
 }
 
 /// The lock is not ours, and `hold` ends with this (our node, if any, already deleted).
@@ -276,8 +276,7 @@ async fn acquire<C: Clock>(
     Err(Lost(outcome.map(Held::from)))
 }
 
-/// Phase 2: `t_ok`. The leader validated our session after `confirmed` was sent (our create,
-/// or a check). If that is not recent (a long wait, or a reconnect delayed the listing),
+/// Phase 2: `t_ok`. The leader validated our session after `t_ok` (our create, or a check). If that is not recent (a long wait, or a reconnect delayed the listing),
 /// confirm through the leader again before starting the command: it must never start with
 /// its deadline close.
 async fn confirm<C: Clock>(
@@ -285,28 +284,30 @@ async fn confirm<C: Clock>(
     recipe: &Recipe<'_, C>,
     node: &OurNode,
     budget: &Budget,
-    confirmed: Duration,
-) -> Result<Duration> {
+    mut t_ok: Confirmed,
+) -> Result<Confirmed> {
     let clock = BootClock;
-    let mut t_ok = confirmed;
     loop {
-        if clock.now() < t_ok + budget.threshold / 2 {
+        if clock.now() < t_ok.at() + budget.threshold / 2 {
             return Ok(t_ok);
         }
         debug!("confirming our session through the leader before starting the command");
-        let sent = clock.now();
         let confirmed = zk::retry(client, || async {
-            client.new_check_writer(&node.path, None)?.commit().await.map_err(zookeeper_client::Error::from)
+            zk::check(client, &node.path, &clock).await.map_err(zookeeper_client::Error::from)
         })
         .await;
-        if let Err(e) = confirmed {
-            abandon(recipe, Some(node)).await;
-            if client.state() == SessionState::Expired {
-                return Err(ExpiredWhileWaiting.into());
+        match confirmed {
+            Ok(c) => {
+                t_ok.advance(c);
             }
-            bail!("lost the lock before the command could start: {e}");
+            Err(e) => {
+                abandon(recipe, Some(node)).await;
+                if client.state() == SessionState::Expired {
+                    return Err(ExpiredWhileWaiting.into());
+                }
+                bail!("lost the lock before the command could start: {e}");
+            }
         }
-        t_ok = sent;
     }
 }
 
@@ -361,7 +362,7 @@ async fn supervise(
     job: &Job<'_>,
     node: &OurNode,
     budget: &Budget,
-    t_ok: Duration,
+    t_ok: Confirmed,
     child: &mut Child,
     signals: &mut Signals,
 ) -> (Outcome, Option<child::Guard>) {

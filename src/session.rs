@@ -12,6 +12,7 @@ use zookeeper_client::{CheckWriteError, Client, EventType, SessionState};
 
 use crate::clock::Clock;
 use crate::config::Budget;
+use crate::zk::{self, Confirmed};
 
 /// Why the lock is (or must be treated as) lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +67,7 @@ pub struct Watchdog {
     threshold: Duration,
     kill_after: Duration,
     grace: Duration,
-    t_ok: Duration,
+    t_ok: Confirmed,
     stage: Stage,
     pending_stop: Option<Loss>,
     loss: Option<Loss>,
@@ -75,7 +76,7 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    pub fn new(budget: &Budget, t_ok: Duration) -> Self {
+    pub fn new(budget: &Budget, t_ok: Confirmed) -> Self {
         Watchdog {
             threshold: budget.threshold,
             kill_after: budget.kill_after(),
@@ -95,7 +96,7 @@ impl Watchdog {
     }
 
     pub fn t_ok(&self) -> Duration {
-        self.t_ok
+        self.t_ok.at()
     }
 
     /// Why the lock was lost, once it was.
@@ -106,21 +107,19 @@ impl Watchdog {
     /// How long, from `now`, processes left behind by the command may get after a stop signal:
     /// the grace, but never past the deadline's SIGKILL time.
     pub fn straggler_grace(&self, now: Duration) -> Duration {
-        self.grace.min((self.t_ok + self.kill_after).saturating_sub(now))
+        self.grace.min((self.t_ok.at() + self.kill_after).saturating_sub(now))
     }
 
-    /// A heartbeat sent at `sent` was confirmed by the leader.
-    pub fn confirmed(&mut self, sent: Duration) {
-        if self.stage == Stage::Holding && sent > self.t_ok {
-            self.t_ok = sent;
-        }
+    /// A heartbeat was confirmed by the leader; returns whether `t_ok` moved forward.
+    pub fn confirmed(&mut self, proof: Confirmed) -> bool {
+        self.stage == Stage::Holding && self.t_ok.advance(proof)
     }
 
     /// The lock is known to be lost: stop now, SIGKILL after the grace, or at the deadline's
     /// SIGKILL time if that comes first.
     pub fn lost(&mut self, now: Duration, why: Loss) {
         if self.stage == Stage::Holding {
-            let kill_at = (now + self.grace).min(self.t_ok + self.kill_after);
+            let kill_at = (now + self.grace).min(self.t_ok.at() + self.kill_after);
             self.stage = Stage::Stopping { kill_at };
             self.pending_stop = Some(why);
             self.loss = Some(why);
@@ -134,14 +133,14 @@ impl Watchdog {
             return Some(Action::Stop(why));
         }
         match self.stage {
-            Stage::Holding if self.max_hold_at.is_some_and(|at| now >= at) && now < self.t_ok + self.threshold => {
+            Stage::Holding if self.max_hold_at.is_some_and(|at| now >= at) && now < self.t_ok.at() + self.threshold => {
                 self.lost(now, Loss::MaxHold);
                 self.poll(now)
             }
-            Stage::Holding if now >= self.t_ok + self.threshold => {
+            Stage::Holding if now >= self.t_ok.at() + self.threshold => {
                 self.lost(now, Loss::Deadline);
                 // Measured from t_ok, not from now: a late wake-up does not buy more time.
-                self.stage = Stage::Stopping { kill_at: self.t_ok + self.kill_after };
+                self.stage = Stage::Stopping { kill_at: self.t_ok.at() + self.kill_after };
                 self.poll(now)
             }
             Stage::Stopping { kill_at } if now >= kill_at => {
@@ -155,9 +154,9 @@ impl Watchdog {
     /// When `poll` will next have something to do.
     pub fn next_wake(&self) -> Option<Duration> {
         match self.stage {
-            Stage::Holding => {
-                Some(self.max_hold_at.map_or(self.t_ok + self.threshold, |at| at.min(self.t_ok + self.threshold)))
-            }
+            Stage::Holding => Some(
+                self.max_hold_at.map_or(self.t_ok.at() + self.threshold, |at| at.min(self.t_ok.at() + self.threshold)),
+            ),
             Stage::Stopping { kill_at } => Some(kill_at),
             Stage::Killed => None,
         }
@@ -167,8 +166,8 @@ impl Watchdog {
 /// Something the session tasks observed.
 #[derive(Debug)]
 pub enum Event {
-    /// A heartbeat sent at this instant was confirmed through the leader.
-    Confirmed(Duration),
+    /// A heartbeat was confirmed through the leader.
+    Confirmed(Confirmed),
     /// The lock is lost.
     Lost(Loss),
 }
@@ -206,7 +205,7 @@ impl Monitor {
 const MAX_IN_FLIGHT: usize = 8;
 
 /// Every `period`, a check-only multi on our own node: the leader validates the session and the
-/// node's existence. Heartbeats are pipelined; each reports its own send time. The ones in
+/// node's existence. Heartbeats are pipelined; each reports its own proof. The ones in
 /// flight live inside this task, so stopping it drops them (and their hold on the session).
 async fn heartbeats<C: Clock>(
     client: Client,
@@ -227,19 +226,11 @@ async fn heartbeats<C: Clock>(
                     debug!("heartbeat skipped: {MAX_IN_FLIGHT} still in flight");
                     continue;
                 }
-                // Taken before the request is sent: a confirmation never credits a later time.
-                let sent = clock.now();
-                match client.new_check_writer(&path, None) {
-                    Ok(writer) => {
-                        let commit = writer.commit();
-                        in_flight.push(async move { (sent, commit.await) });
-                    }
-                    Err(e) => warn!("cannot build heartbeat: {e}"),
-                }
+                in_flight.push(zk::check(&client, &path, &clock));
             }
-            Some((sent, result)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some(result) = in_flight.next(), if !in_flight.is_empty() => {
                 let event = match result {
-                    Ok(_) => Event::Confirmed(sent),
+                    Ok(proof) => Event::Confirmed(proof),
                     Err(CheckWriteError::CheckFailed { source: zookeeper_client::Error::NoNode }) => {
                         Event::Lost(Loss::NodeDeleted)
                     }
@@ -341,6 +332,10 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn ok(n: u64) -> Confirmed {
+        Confirmed::for_test(ms(n))
+    }
+
     fn budget() -> Budget {
         // T = 10 s, tick 2 s: threshold 4.55 s, grace 1.95 s, SIGKILL at 6.5 s.
         Budget::compute(BudgetRequest { session_timeout: ms(10_000), tick: ms(2_000), threshold: None, grace: None })
@@ -349,25 +344,25 @@ mod tests {
 
     #[test]
     fn heartbeats_push_the_deadline() {
-        let mut w = Watchdog::new(&budget(), ms(1_000));
+        let mut w = Watchdog::new(&budget(), ok(1_000));
         assert_eq!(w.next_wake(), Some(ms(5_550)));
-        w.confirmed(ms(2_000));
+        w.confirmed(ok(2_000));
         assert_eq!(w.next_wake(), Some(ms(6_550)));
         // An older confirmation arriving late does not move t_ok back.
-        w.confirmed(ms(1_500));
+        w.confirmed(ok(1_500));
         assert_eq!(w.t_ok(), ms(2_000));
         assert_eq!(w.poll(ms(6_549)), None);
     }
 
     #[test]
     fn deadline_sends_stop_then_kill_measured_from_t_ok() {
-        let mut w = Watchdog::new(&budget(), ms(0));
+        let mut w = Watchdog::new(&budget(), ok(0));
         assert_eq!(w.poll(ms(4_549)), None);
         assert_eq!(w.poll(ms(4_550)), Some(Action::Stop(Loss::Deadline)));
         assert_eq!(w.poll(ms(4_550)), None);
         assert_eq!(w.next_wake(), Some(ms(6_500)));
         // A confirmation after the stop signal changes nothing.
-        w.confirmed(ms(5_000));
+        w.confirmed(ok(5_000));
         assert_eq!(w.next_wake(), Some(ms(6_500)));
         assert_eq!(w.poll(ms(6_500)), Some(Action::Kill));
         assert_eq!(w.poll(ms(60_000)), None);
@@ -377,16 +372,16 @@ mod tests {
 
     #[test]
     fn max_hold_stops_like_a_loss_and_never_later_than_the_deadline() {
-        let mut w = Watchdog::new(&budget(), ms(0)).with_max_hold(Some(ms(3_000)));
+        let mut w = Watchdog::new(&budget(), ok(0)).with_max_hold(Some(ms(3_000)));
         assert_eq!(w.next_wake(), Some(ms(3_000)));
-        w.confirmed(ms(2_000));
+        w.confirmed(ok(2_000));
         assert_eq!(w.poll(ms(2_999)), None);
         assert_eq!(w.poll(ms(3_000)), Some(Action::Stop(Loss::MaxHold)));
         assert_eq!(w.next_wake(), Some(ms(4_950))); // + grace
         assert_eq!(w.poll(ms(4_950)), Some(Action::Kill));
         assert_eq!(w.loss(), Some(Loss::MaxHold));
         // Past the deadline as well: the deadline's reason and SIGKILL time win.
-        let mut w = Watchdog::new(&budget(), ms(0)).with_max_hold(Some(ms(5_000)));
+        let mut w = Watchdog::new(&budget(), ok(0)).with_max_hold(Some(ms(5_000)));
         assert_eq!(w.next_wake(), Some(ms(4_550)));
         assert_eq!(w.poll(ms(6_000)), Some(Action::Stop(Loss::Deadline)));
         assert_eq!(w.poll(ms(6_500)), Some(Action::Kill));
@@ -394,7 +389,7 @@ mod tests {
 
     #[test]
     fn stragglers_get_the_grace_but_not_past_the_deadline() {
-        let w = Watchdog::new(&budget(), ms(0));
+        let w = Watchdog::new(&budget(), ok(0));
         assert_eq!(w.straggler_grace(ms(1_000)), ms(1_950));
         assert_eq!(w.straggler_grace(ms(6_000)), ms(500));
         assert_eq!(w.straggler_grace(ms(9_000)), ms(0));
@@ -403,7 +398,7 @@ mod tests {
     #[test]
     fn late_wake_up_acts_at_once() {
         // zklock frozen past both deadlines: stop and kill in the same wake-up.
-        let mut w = Watchdog::new(&budget(), ms(0));
+        let mut w = Watchdog::new(&budget(), ok(0));
         assert_eq!(w.poll(ms(30_000)), Some(Action::Stop(Loss::Deadline)));
         assert_eq!(w.poll(ms(30_000)), Some(Action::Kill));
         assert_eq!(w.poll(ms(30_000)), None);
@@ -411,7 +406,7 @@ mod tests {
 
     #[test]
     fn confirmed_loss_stops_now_and_kills_after_grace_or_deadline() {
-        let mut w = Watchdog::new(&budget(), ms(0));
+        let mut w = Watchdog::new(&budget(), ok(0));
         w.lost(ms(1_000), Loss::NodeDeleted);
         assert_eq!(w.poll(ms(1_000)), Some(Action::Stop(Loss::NodeDeleted)));
         assert_eq!(w.next_wake(), Some(ms(2_950))); // now + grace
@@ -419,7 +414,7 @@ mod tests {
         assert_eq!(w.poll(ms(2_950)), Some(Action::Kill));
 
         // Late in the budget, the deadline's SIGKILL time wins over now + grace.
-        let mut w = Watchdog::new(&budget(), ms(0));
+        let mut w = Watchdog::new(&budget(), ok(0));
         w.lost(ms(6_000), Loss::Expired);
         assert_eq!(w.poll(ms(6_000)), Some(Action::Stop(Loss::Expired)));
         assert_eq!(w.next_wake(), Some(ms(6_500)));
@@ -436,12 +431,12 @@ mod tests {
         use crate::clock::{Clock, TokioClock};
         let clock = TokioClock::new();
         let b = budget();
-        let mut w = Watchdog::new(&b, clock.now());
+        let mut w = Watchdog::new(&b, Confirmed::for_test(clock.now()));
         let mut log = Vec::new();
         // Heartbeats confirmed every second for 3 s, then silence.
         for s in 1..=3 {
             tokio::time::sleep(ms(1_000)).await;
-            w.confirmed(clock.now());
+            w.confirmed(Confirmed::for_test(clock.now()));
             assert_eq!(w.poll(clock.now()), None);
             assert_eq!(s * 1_000, clock.now().as_millis() as u64);
         }

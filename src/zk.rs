@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tracing::{debug, warn};
-use zookeeper_client::{Acl, Acls, Client, Permission, SaslOptions, SessionState, TlsOptions};
+use zookeeper_client::{Acl, Acls, CheckWriteError, Client, Permission, SaslOptions, SessionState, TlsOptions};
 
 use crate::cli::{AclPolicy, ConnectArgs};
+use crate::clock::Clock;
 
 mod probe;
 
@@ -447,4 +448,74 @@ where
             other => return other,
         }
     }
+}
+
+/// Proof that the ZooKeeper leader validated our session at or after an instant (on the
+/// deadline clock): the send time of a request on our lock node that the leader processed
+/// (our create, or a check-only multi). This is `t_ok` of the safety model.
+///
+/// The safety invariant lives in this type: the only constructor is [`through_leader`], which
+/// stamps the time *before* the request is sent, and the only mutator is
+/// [`Confirmed::advance`], which keeps the later of two proofs. A confirmation can therefore
+/// never credit a later time than its request's send, and `t_ok` never moves back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Confirmed(Duration);
+
+impl Confirmed {
+    /// The instant the confirmed request was sent, on the deadline clock.
+    pub fn at(self) -> Duration {
+        self.0
+    }
+
+    /// Keeps the later proof; returns whether `other` moved it forward.
+    pub fn advance(&mut self, other: Confirmed) -> bool {
+        let moved = other.0 > self.0;
+        if moved {
+            self.0 = other.0;
+        }
+        moved
+    }
+
+    /// A confirmation at a given instant, for unit tests of the code that consumes it.
+    #[cfg(test)]
+    pub fn for_test(at: Duration) -> Confirmed {
+        Confirmed(at)
+    }
+}
+
+/// Sends a request that the leader must process (`send` must put it on the wire when called,
+/// as zookeeper-client's request methods do), stamping the send time on `clock` first; its
+/// reply carries the [`Confirmed`] proof when it succeeds.
+pub fn through_leader<C, T, E, F>(
+    clock: &C,
+    send: impl FnOnce() -> F,
+) -> impl Future<Output = Result<(T, Confirmed), E>>
+where
+    C: Clock,
+    F: Future<Output = Result<T, E>>,
+{
+    let sent = Confirmed(clock.now());
+    let reply = send();
+    async move { reply.await.map(|t| (t, sent)) }
+}
+
+/// A check-only multi on our own node through the leader: the heartbeat. It validates our
+/// session and our node's existence.
+pub fn check<'a, C: Clock>(
+    client: &'a Client,
+    path: &str,
+    clock: &C,
+) -> impl Future<Output = Result<Confirmed, CheckWriteError>> + Send + 'a {
+    // The closure's type is part of the returned future's: it must not borrow `path`.
+    let path = path.to_owned();
+    let confirming = through_leader(clock, move || {
+        let commit = client.new_check_writer(&path, None).map(|writer| writer.commit());
+        async move {
+            match commit {
+                Ok(commit) => commit.await,
+                Err(source) => Err(CheckWriteError::RequestFailed { source }),
+            }
+        }
+    });
+    async move { confirming.await.map(|(_, confirmed)| confirmed) }
 }
