@@ -5,6 +5,7 @@
 //! Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod freeze;
 pub mod proxy;
 pub mod secure;
 mod spawner;
