@@ -56,9 +56,11 @@ fn alert_filters_list_only_matching_locks_and_exit_2() {
     assert_eq!(out.status.code(), Some(0));
     // Until both holders have held for 300 ms, by status' own reckoning.
     crate::support::wait_until(PATIENCE, "the holders to have held 300 ms", || {
-        let out = status(&["--json", &held]);
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        doc["locks"][0]["holder"]["seconds"].as_f64().unwrap_or(0.0) > 0.3
+        [&held, &queued].iter().all(|lock| {
+            let out = status(&["--json", lock]);
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            doc["locks"][0]["holder"]["seconds"].as_f64().unwrap_or(0.0) > 0.3
+        })
     });
 
     let out = status(&["-r", &root, "--held-longer-than", "300ms"]);
