@@ -1,8 +1,13 @@
 //! The command: spawned in its own process group (process-wrap), killed with zklock (the
 //! leader by PR_SET_PDEATHSIG, the whole group by a guard process), signalled as a group, and
 //! drained of stragglers before the lock is released.
+//!
+//! Supervision sees the command through [`Supervised`] and signals it through [`Signaller`],
+//! so that the supervisor can be tested with a fake command; [`Child`] and [`Group`] are the
+//! real ones.
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::io;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -19,6 +24,90 @@ pub use guard::Guard;
 
 /// How often the group is polled while waiting for stragglers to go.
 const GROUP_POLL: Duration = Duration::from_millis(10);
+
+/// Sends signals to the command's whole process group.
+pub trait Signaller: Clone + Send + Sync + 'static {
+    /// Sends `sig` to every process of the group. A group already gone is not an error.
+    fn signal(&self, sig: Signal);
+
+    /// Sends the stop signal `sig`, then SIGCONT: a member stopped (Ctrl-Z, SIGTTIN) must run
+    /// to handle it.
+    fn stop(&self, sig: Signal) {
+        self.signal(sig);
+        self.signal(Signal::SIGCONT);
+    }
+}
+
+/// A process group, by its leader's pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Group(Pid);
+
+impl Group {
+    /// The group led by `pid`.
+    pub fn of(pid: u32) -> Group {
+        Group(Pid::from_raw(pid as i32))
+    }
+}
+
+impl Signaller for Group {
+    fn signal(&self, sig: Signal) {
+        match killpg(self.0, sig) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("cannot send {sig} to the command's group: {e}"),
+        }
+    }
+}
+
+/// What supervision needs of the command.
+pub trait Supervised {
+    type Group: Signaller;
+
+    /// The command's process group.
+    fn group(&self) -> Self::Group;
+
+    /// Resolves when the leader exits (cancel-safe: poll it in a loop).
+    fn exited(&mut self) -> impl Future<Output = io::Result<ExitStatus>>;
+
+    /// Reaps what it can and tells whether any process of the group is still alive. Only
+    /// called after the leader was reaped.
+    fn group_alive(&self) -> bool;
+
+    /// Waits up to `limit` for the group to be gone; true if it is.
+    fn wait_group_gone(&self, limit: Duration) -> impl Future<Output = bool> {
+        async move {
+            let until = tokio::time::Instant::now() + limit;
+            loop {
+                if !self.group_alive() {
+                    return true;
+                }
+                if tokio::time::Instant::now() >= until {
+                    return false;
+                }
+                tokio::time::sleep(GROUP_POLL).await;
+            }
+        }
+    }
+
+    /// After the leader exited: stops what is left of its group (stop signal, then SIGKILL
+    /// after `grace`) and waits for it to be gone. Returns whether stragglers were found.
+    fn drain(&self, stop: Signal, grace: Duration) -> impl Future<Output = bool> {
+        async move {
+            if !self.group_alive() {
+                return false;
+            }
+            tracing::warn!("the command exited but left processes in its group; stopping them with {stop}");
+            self.group().stop(stop);
+            if !self.wait_group_gone(grace).await {
+                tracing::warn!("processes of the command's group survived {stop}; sending SIGKILL");
+                self.group().signal(Signal::SIGKILL);
+                if !self.wait_group_gone(Duration::from_secs(5)).await {
+                    tracing::error!("processes of the command's group are still alive after SIGKILL");
+                }
+            }
+            true
+        }
+    }
+}
 
 /// A running command, leader of its own process group.
 pub struct Child {
@@ -75,31 +164,23 @@ impl Child {
     pub fn pid(&self) -> u32 {
         self.pgid.as_raw() as u32
     }
+}
 
-    /// The command's process group (its leader's pid).
-    pub fn pgid(&self) -> Pid {
-        self.pgid
+impl Supervised for Child {
+    type Group = Group;
+
+    fn group(&self) -> Group {
+        Group(self.pgid)
     }
 
-    /// Sends `sig` to the whole group. A group already gone is not an error.
-    pub fn signal(&self, sig: Signal) {
-        match killpg(self.pgid, sig) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => tracing::warn!("cannot send {sig} to the command's group: {e}"),
-        }
-    }
-
-    /// Resolves when the leader exits (cancel-safe: poll it in a loop).
-    pub async fn exited(&mut self) -> io::Result<ExitStatus> {
+    async fn exited(&mut self) -> io::Result<ExitStatus> {
         match (&mut self.exit).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::other("lost track of the command")),
         }
     }
 
-    /// Reaps what we can and tells whether any process of the group is still alive. Only
-    /// call after the leader was reaped.
-    pub fn group_alive(&self) -> bool {
+    fn group_alive(&self) -> bool {
         loop {
             match waitpid(Pid::from_raw(-self.pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -107,37 +188,5 @@ impl Child {
             }
         }
         !matches!(killpg(self.pgid, None), Err(Errno::ESRCH))
-    }
-
-    /// Waits up to `limit` for the group to be gone; true if it is.
-    pub async fn wait_group_gone(&self, limit: Duration) -> bool {
-        let until = tokio::time::Instant::now() + limit;
-        loop {
-            if !self.group_alive() {
-                return true;
-            }
-            if tokio::time::Instant::now() >= until {
-                return false;
-            }
-            tokio::time::sleep(GROUP_POLL).await;
-        }
-    }
-
-    /// After the leader exited: stops what is left of its group (stop signal, then SIGKILL
-    /// after `grace`) and waits for it to be gone. Returns whether stragglers were found.
-    pub async fn drain(&self, stop: Signal, grace: Duration) -> bool {
-        if !self.group_alive() {
-            return false;
-        }
-        tracing::warn!("the command exited but left processes in its group; stopping them with {stop}");
-        self.signal(stop);
-        if !self.wait_group_gone(grace).await {
-            tracing::warn!("processes of the command's group survived {stop}; sending SIGKILL");
-            self.signal(Signal::SIGKILL);
-            if !self.wait_group_gone(Duration::from_secs(5)).await {
-                tracing::error!("processes of the command's group are still alive after SIGKILL");
-            }
-        }
-        true
     }
 }

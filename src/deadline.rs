@@ -9,11 +9,10 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tracing::{error, warn};
 
+use crate::child::Signaller;
 use crate::clock::Clock;
 use crate::session::{Action, Loss, Watchdog};
 use crate::zk::Confirmed;
@@ -28,26 +27,19 @@ struct State {
     done: bool,
 }
 
-struct Shared {
+struct Shared<G> {
     state: Mutex<State>,
     wake: Condvar,
-    pgid: Pid,
+    group: G,
     stop_signal: Signal,
 }
 
 /// Handle on the enforcer; cheap to share with the supervisor.
-pub struct Enforcer {
-    shared: Arc<Shared>,
+pub struct Enforcer<G: Signaller> {
+    shared: Arc<Shared<G>>,
 }
 
-fn send(pgid: Pid, sig: Signal) {
-    match killpg(pgid, sig) {
-        Ok(()) | Err(Errno::ESRCH) => {}
-        Err(e) => warn!("cannot send {sig} to the command's group: {e}"),
-    }
-}
-
-impl Shared {
+impl<G: Signaller> Shared<G> {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere must not stop the enforcement: take the state as it is.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -66,11 +58,12 @@ impl Shared {
         for action in due {
             match action {
                 Action::Stop(why) => {
-                    send(self.pgid, self.stop_signal);
                     // A member stopped (Ctrl-Z, SIGTTIN) must run to handle the signal — unless
                     // SIGKILL follows at once: then it must not run at all.
-                    if !killing {
-                        send(self.pgid, Signal::SIGCONT);
+                    if killing {
+                        self.group.signal(self.stop_signal);
+                    } else {
+                        self.group.stop(self.stop_signal);
                     }
                     if why == Loss::MaxHold {
                         warn!("{why}; sent {} to the command", self.stop_signal);
@@ -79,7 +72,7 @@ impl Shared {
                     }
                 }
                 Action::Kill => {
-                    send(self.pgid, Signal::SIGKILL);
+                    self.group.signal(Signal::SIGKILL);
                     warn!("the command was still running: sent SIGKILL to its group");
                 }
             }
@@ -88,19 +81,25 @@ impl Shared {
     }
 }
 
-impl Enforcer {
-    /// Starts enforcing `watchdog` on the process group `pgid`. Should the thread not start,
-    /// the supervisor's loop still enforces the deadlines (with a warning).
-    pub fn start<C: Clock>(watchdog: Watchdog, pgid: Pid, stop_signal: Signal, clock: C) -> Self {
+impl<G: Signaller> Enforcer<G> {
+    /// Enforcing `watchdog` on `group` from the supervisor's loop alone, without a thread of
+    /// its own (for tests on a paused clock, which another thread cannot read).
+    pub fn inline(watchdog: Watchdog, group: G, stop_signal: Signal) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State { watchdog, done: false }),
             wake: Condvar::new(),
-            pgid,
+            group,
             stop_signal,
         });
-        let thread_shared = shared.clone();
+        Enforcer { shared }
+    }
+
+    /// Starts enforcing `watchdog` on `group`. Should the thread not start, the supervisor's
+    /// loop still enforces the deadlines (with a warning).
+    pub fn start<C: Clock>(watchdog: Watchdog, group: G, stop_signal: Signal, clock: C) -> Self {
+        let enforcer = Enforcer::inline(watchdog, group, stop_signal);
+        let shared = enforcer.shared.clone();
         let started = std::thread::Builder::new().name("zklock-deadline".into()).spawn(move || {
-            let shared = thread_shared;
             let mut state = shared.lock();
             loop {
                 if state.done {
@@ -117,7 +116,7 @@ impl Enforcer {
         if let Err(e) = started {
             warn!("cannot start the deadline thread ({e}); deadlines are enforced by the main loop only");
         }
-        Enforcer { shared }
+        enforcer
     }
 
     /// Performs what is due at `now`; returns when the next action is due.
@@ -126,9 +125,9 @@ impl Enforcer {
         self.shared.act(&mut state, now)
     }
 
-    /// A heartbeat was confirmed by the leader.
-    pub fn confirmed(&self, proof: Confirmed) {
-        self.shared.lock().watchdog.confirmed(proof);
+    /// A heartbeat was confirmed by the leader; returns whether `t_ok` moved forward.
+    pub fn confirmed(&self, proof: Confirmed) -> bool {
+        self.shared.lock().watchdog.confirmed(proof)
     }
 
     /// The lock is known to be lost: the stop signal goes out now.
@@ -156,7 +155,7 @@ impl Enforcer {
     }
 }
 
-impl Drop for Enforcer {
+impl<G: Signaller> Drop for Enforcer<G> {
     fn drop(&mut self) {
         self.finish();
     }
@@ -165,6 +164,7 @@ impl Drop for Enforcer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::{Group, Signaller};
     use crate::clock::BootClock;
     use crate::config::{Budget, BudgetRequest};
     use std::os::unix::process::CommandExt;
@@ -189,14 +189,10 @@ mod tests {
     }
 
     /// An enforcer on `group`, its t_ok now.
-    fn enforce(group: &std::process::Child) -> Enforcer {
+    fn enforce(group: &std::process::Child) -> Enforcer<Group> {
         let clock = BootClock;
-        Enforcer::start(
-            Watchdog::new(&budget(), Confirmed::for_test(clock.now())),
-            Pid::from_raw(group.id() as i32),
-            Signal::SIGTERM,
-            clock,
-        )
+        let t_ok = Confirmed::for_test(clock.now());
+        Enforcer::start(Watchdog::new(&budget(), t_ok), Group::of(group.id()), Signal::SIGTERM, clock)
     }
 
     #[test]
@@ -219,7 +215,7 @@ mod tests {
         assert!(group.try_wait().unwrap().is_none(), "the group must still run");
         assert_eq!(enforcer.act(BootClock.now()), None);
         assert_eq!(enforcer.loss(), None);
-        let _ = killpg(Pid::from_raw(group.id() as i32), Signal::SIGKILL);
+        Group::of(group.id()).signal(Signal::SIGKILL);
         let _ = group.wait();
     }
 }

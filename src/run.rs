@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tracing::{debug, info, warn};
 use zookeeper_client::{Client, SessionState};
 
-use crate::child::{self, Child};
+use crate::child::{self, Child, Supervised};
 use crate::cli::RunArgs;
 use crate::clock::{BootClock, Clock};
 use crate::config::{Budget, BudgetRequest};
@@ -20,8 +20,8 @@ use crate::lock::{self, Acquired, OurNode, Recipe};
 use crate::nodedata::NodeData;
 use crate::queue::Mode;
 use crate::session::{Loss, Monitor, Watchdog};
-use crate::signals::Signals;
-use crate::supervise::{JobControl, Outcome, Supervisor};
+use crate::signals::{JobControl, Signals};
+use crate::supervise::{Outcome, Supervisor};
 use crate::zk::{self, Confirmed, ConnectOptions, PendingDelete};
 
 /// Fails fast, before touching the lock, when the command cannot be found or run.
@@ -370,13 +370,13 @@ async fn supervise(
     // --timeout counts from the start of the command, on the deadline clock.
     let max_hold_at = args.timeout.map(|d| clock.now() + d);
     let watchdog = Watchdog::new(budget, t_ok).with_max_hold(max_hold_at);
-    let enforcer = Enforcer::start(watchdog, child.pgid(), args.kill_signal, clock);
+    let enforcer = Enforcer::start(watchdog, child.group(), args.kill_signal, clock);
     let mut guard = child.guard().map_err(|e| warn!("cannot start the guard process: {e}")).ok();
     let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
     let acquired = tokio::time::Instant::now();
     let job_control = signals.job_control.take().unwrap_or_else(JobControl::install);
     let outcome =
-        Supervisor { job_control, child, monitor: &mut monitor, signals, enforcer: &enforcer, clock }.run().await;
+        Supervisor { job_control, child, events: &mut monitor.events, signals, enforcer: &enforcer, clock }.run().await;
 
     // Release order: the command and its whole group gone -> our node deleted -> session
     // closed (by the caller). The enforcer keeps the deadline while stragglers are stopped.

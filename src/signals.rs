@@ -18,7 +18,7 @@ pub const FORWARDED: [Signal; 7] = [
 pub struct Signals {
     streams: Vec<(Signal, tokio::signal::unix::Signal)>,
     /// SIGTSTP and SIGCONT, caught from just before the command starts until it ends.
-    pub job_control: Option<crate::supervise::JobControl>,
+    pub job_control: Option<JobControl>,
 }
 
 impl Signals {
@@ -29,6 +29,11 @@ impl Signals {
             .map(|&sig| Ok((sig, signal(SignalKind::from_raw(sig as i32))?)))
             .collect::<std::io::Result<_>>()?;
         Ok(Signals { streams, job_control: None })
+    }
+
+    /// No signals at all (tests).
+    pub fn none() -> Signals {
+        Signals { streams: Vec::new(), job_control: None }
     }
 
     /// The next signal received (cancel-safe).
@@ -59,4 +64,26 @@ impl Signals {
 /// Whether a signal ends the wait for the lock.
 pub fn is_terminating(sig: Signal) -> bool {
     matches!(sig, Signal::SIGHUP | Signal::SIGINT | Signal::SIGQUIT | Signal::SIGTERM)
+}
+
+/// Job control: SIGTSTP and SIGCONT, caught from before the command starts, so that a Ctrl-Z
+/// arriving as it starts is not left to the default action (zklock stopped, the command not).
+pub struct JobControl {
+    pub tstp: Option<tokio::signal::unix::Signal>,
+    pub cont: Option<tokio::signal::unix::Signal>,
+}
+
+impl JobControl {
+    /// Must run inside the runtime.
+    pub fn install() -> JobControl {
+        JobControl {
+            tstp: signal(SignalKind::from_raw(Signal::SIGTSTP as i32)).ok(),
+            cont: signal(SignalKind::from_raw(Signal::SIGCONT as i32)).ok(),
+        }
+    }
+
+    /// No job control (tests).
+    pub fn none() -> JobControl {
+        JobControl { tstp: None, cont: None }
+    }
 }
