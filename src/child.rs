@@ -27,8 +27,9 @@ const GROUP_POLL: Duration = Duration::from_millis(10);
 
 /// Sends signals to the command's whole process group.
 pub trait Signaller: Clone + Send + Sync + 'static {
-    /// Sends `sig` to every process of the group. A group already gone is not an error.
-    fn signal(&self, sig: Signal);
+    /// Sends `sig` to every process of the group; returns whether any was there to get it. A
+    /// group already gone is not an error.
+    fn signal(&self, sig: Signal) -> bool;
 
     /// Sends the stop signal `sig`, then SIGCONT: a member stopped (Ctrl-Z, SIGTTIN) must run
     /// to handle it.
@@ -50,10 +51,14 @@ impl Group {
 }
 
 impl Signaller for Group {
-    fn signal(&self, sig: Signal) {
+    fn signal(&self, sig: Signal) -> bool {
         match killpg(self.0, sig) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => tracing::warn!("cannot send {sig} to the command's group: {e}"),
+            Ok(()) => true,
+            Err(Errno::ESRCH) => false,
+            Err(e) => {
+                tracing::warn!("cannot send {sig} to the command's group: {e}");
+                false
+            }
         }
     }
 }
@@ -71,6 +76,9 @@ pub trait Supervised {
     /// Reaps what it can and tells whether any process of the group is still alive. Only
     /// called after the leader was reaped.
     fn group_alive(&self) -> bool;
+
+    /// Moves the guard's SIGKILL instant (on the deadline clock) forward to `kill_at`.
+    fn renew(&self, kill_at: Duration);
 
     /// Waits up to `limit` for the group to be gone; true if it is.
     fn wait_group_gone(&self, limit: Duration) -> impl Future<Output = bool> {
@@ -109,10 +117,23 @@ pub trait Supervised {
     }
 }
 
-/// A running command, leader of its own process group.
+/// A running command, leader of its own process group, with its guard process.
 pub struct Child {
     pgid: Pid,
     exit: oneshot::Receiver<io::Result<ExitStatus>>,
+    /// Until disarmed.
+    guard: Option<Guard>,
+}
+
+/// Why the command was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The guard could not be armed: nothing would stop the command if zklock froze or died.
+    #[error("refusing to start the command unprotected: {0}")]
+    Unprotected(io::Error),
+    /// The command itself could not be started.
+    #[error("{0}")]
+    Spawn(io::Error),
 }
 
 /// Makes zklock the reaper of orphaned descendants, so that a grandchild left behind by the
@@ -125,8 +146,16 @@ pub fn become_subreaper() {
 
 /// Spawns `argv` directly (no shell) in a new process group, with `env` added, inheriting
 /// stdin, stdout and stderr; `program` is `argv[0]` already resolved along PATH (argv[0] itself
-/// is passed on unchanged). The command gets SIGKILL if zklock dies.
-pub fn spawn(program: &std::path::Path, argv: &[OsString], env: &[(&str, String)]) -> io::Result<Child> {
+/// is passed on unchanged). The command gets SIGKILL if zklock dies, and its whole group gets
+/// SIGKILL from the guard at `kill_at` (CLOCK_BOOTTIME) unless the guard is renewed: the
+/// guard is armed first, and without it the command is not started.
+pub fn spawn(
+    program: &std::path::Path,
+    argv: &[OsString],
+    env: &[(&str, String)],
+    kill_at: Duration,
+) -> Result<Child, SpawnError> {
+    let guard = Guard::arm(kill_at).map_err(SpawnError::Unprotected)?;
     let parent = nix::unistd::getpid();
     let mut cmd = CommandWrap::with_new(program, |cmd| {
         cmd.arg0(&argv[0]);
@@ -147,9 +176,10 @@ pub fn spawn(program: &std::path::Path, argv: &[OsString], env: &[(&str, String)
         }
     });
     cmd.wrap(ProcessGroup::leader());
-    let child = cmd.spawn()?;
+    let child = cmd.spawn().map_err(SpawnError::Spawn)?;
     let pid = child.id().expect("a just-spawned child has a pid");
     let pgid = Pid::from_raw(pid as i32);
+    guard.set_group(pgid);
     // Wait for the leader on its own task, so that the supervisor can select on its exit
     // while it signals the group.
     let mut leader = child.into_inner();
@@ -157,12 +187,20 @@ pub fn spawn(program: &std::path::Path, argv: &[OsString], env: &[(&str, String)
     tokio::spawn(async move {
         let _ = tx.send(leader.wait().await);
     });
-    Ok(Child { pgid, exit })
+    Ok(Child { pgid, exit, guard: Some(guard) })
 }
 
 impl Child {
     pub fn pid(&self) -> u32 {
         self.pgid.as_raw() as u32
+    }
+
+    /// The group is gone: the guard stands down. Returns it, to be reaped once the lock is
+    /// released (reaping waits for it to exit, which must not hold up the release).
+    pub fn disarm(&mut self) -> Option<Guard> {
+        let mut guard = self.guard.take()?;
+        guard.disarm();
+        Some(guard)
     }
 }
 
@@ -188,5 +226,11 @@ impl Supervised for Child {
             }
         }
         !matches!(killpg(self.pgid, None), Err(Errno::ESRCH))
+    }
+
+    fn renew(&self, kill_at: Duration) {
+        if let Some(guard) = &self.guard {
+            guard.renew(kill_at);
+        }
     }
 }

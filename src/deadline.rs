@@ -61,7 +61,7 @@ impl<G: Signaller> Shared<G> {
                     // A member stopped (Ctrl-Z, SIGTTIN) must run to handle the signal — unless
                     // SIGKILL follows at once: then it must not run at all.
                     if killing {
-                        self.group.signal(self.stop_signal);
+                        let _ = self.group.signal(self.stop_signal);
                     } else {
                         self.group.stop(self.stop_signal);
                     }
@@ -72,8 +72,9 @@ impl<G: Signaller> Shared<G> {
                     }
                 }
                 Action::Kill => {
-                    self.group.signal(Signal::SIGKILL);
-                    warn!("the command was still running: sent SIGKILL to its group");
+                    if self.group.signal(Signal::SIGKILL) {
+                        warn!("the command was still running: sent SIGKILL to its group");
+                    }
                 }
             }
         }
@@ -125,9 +126,11 @@ impl<G: Signaller> Enforcer<G> {
         self.shared.act(&mut state, now)
     }
 
-    /// A heartbeat was confirmed by the leader; returns whether `t_ok` moved forward.
-    pub fn confirmed(&self, proof: Confirmed) -> bool {
-        self.shared.lock().watchdog.confirmed(proof)
+    /// A heartbeat was confirmed by the leader; returns the new SIGKILL instant if `t_ok`
+    /// moved forward (the guard's renewal).
+    pub fn confirmed(&self, proof: Confirmed) -> Option<Duration> {
+        let mut state = self.shared.lock();
+        state.watchdog.confirmed(proof).then(|| state.watchdog.kill_instant())
     }
 
     /// The lock is known to be lost: the stop signal goes out now.
@@ -215,7 +218,7 @@ mod tests {
         assert!(group.try_wait().unwrap().is_none(), "the group must still run");
         assert_eq!(enforcer.act(BootClock.now()), None);
         assert_eq!(enforcer.loss(), None);
-        Group::of(group.id()).signal(Signal::SIGKILL);
+        let _ = Group::of(group.id()).signal(Signal::SIGKILL);
         let _ = group.wait();
     }
 }

@@ -176,7 +176,7 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
         mark_acquired(client, &node, &mut doc);
     }
     signals.job_control = Some(JobControl::install());
-    let mut child = match start(client, job, &node) {
+    let mut child = match start(client, job, &node, t_ok.at() + budget.kill_after()) {
         Ok(child) => child,
         Err(code) => {
             abandon(&recipe, Some(&node)).await;
@@ -324,9 +324,9 @@ fn mark_acquired(client: &Client, node: &OurNode, doc: &mut NodeData) {
     });
 }
 
-/// Phase 3: the command, with the lock's environment; `Err` is the exit status when it
-/// cannot be started.
-fn start(client: &Client, job: &Job<'_>, node: &OurNode) -> Result<Child, u8> {
+/// Phase 3: the command, with the lock's environment, its guard armed to SIGKILL its group at
+/// `kill_at`; `Err` is the exit status when it cannot be started.
+fn start(client: &Client, job: &Job<'_>, node: &OurNode, kill_at: Duration) -> Result<Child, u8> {
     let args = job.args;
     let env = [
         ("ZKLOCK_LOCK", args.lock.clone()),
@@ -334,7 +334,7 @@ fn start(client: &Client, job: &Job<'_>, node: &OurNode) -> Result<Child, u8> {
         ("ZKLOCK_FENCING_TOKEN", node.czxid.to_string()),
         ("ZKLOCK_SESSION_ID", client.session_id().to_string()),
     ];
-    match child::spawn(&job.program, &args.command, &env) {
+    match child::spawn(&job.program, &args.command, &env, kill_at) {
         Ok(child) => {
             info!(
                 "acquired {} in {:.1?} (token {}); started {} as pid {}",
@@ -346,8 +346,12 @@ fn start(client: &Client, job: &Job<'_>, node: &OurNode) -> Result<Child, u8> {
             );
             Ok(child)
         }
-        Err(e) => {
+        Err(e @ child::SpawnError::Unprotected(_)) => {
             // Through the non-blocking log: the lock is still held here.
+            tracing::error!("{e}");
+            Err(exit::FAILURE)
+        }
+        Err(child::SpawnError::Spawn(e)) => {
             tracing::error!("cannot run '{}': {e}", args.command[0].to_string_lossy());
             Err(exit::from_spawn_error(&e))
         }
@@ -371,7 +375,6 @@ async fn supervise(
     let max_hold_at = args.timeout.map(|d| clock.now() + d);
     let watchdog = Watchdog::new(budget, t_ok).with_max_hold(max_hold_at);
     let enforcer = Enforcer::start(watchdog, child.group(), args.kill_signal, clock);
-    let mut guard = child.guard().map_err(|e| warn!("cannot start the guard process: {e}")).ok();
     let mut monitor = Monitor::start(client, &node.path, budget.heartbeat, clock);
     let acquired = tokio::time::Instant::now();
     let job_control = signals.job_control.take().unwrap_or_else(JobControl::install);
@@ -382,9 +385,7 @@ async fn supervise(
     // closed (by the caller). The enforcer keeps the deadline while stragglers are stopped.
     child.drain(args.kill_signal, outcome.straggler_grace).await;
     enforcer.finish();
-    if let Some(guard) = guard.as_mut() {
-        guard.disarm();
-    }
+    let guard = child.disarm();
     if let (Some(min), None) = (args.min_hold, outcome.loss) {
         // Keep the lock a while after a fast command, so that contenders started a little
         // later (cron on hosts with skewed clocks) find it held and skip with -n.

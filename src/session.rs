@@ -110,6 +110,11 @@ impl Watchdog {
         self.grace.min((self.t_ok.at() + self.kill_after).saturating_sub(now))
     }
 
+    /// The SIGKILL instant of the deadline, from the current `t_ok` (`D - K`).
+    pub fn kill_instant(&self) -> Duration {
+        self.t_ok.at() + self.kill_after
+    }
+
     /// A heartbeat was confirmed by the leader; returns whether `t_ok` moved forward.
     pub fn confirmed(&mut self, proof: Confirmed) -> bool {
         self.stage == Stage::Holding && self.t_ok.advance(proof)

@@ -76,7 +76,9 @@ impl<C: Clock, S: Supervised> Supervisor<'_, C, S> {
                 }
                 Some(event) = self.events.recv() => match event {
                     Event::Confirmed(proof) => {
-                        self.enforcer.confirmed(proof);
+                        if let Some(kill_at) = self.enforcer.confirmed(proof) {
+                            self.child.renew(kill_at);
+                        }
                     }
                     Event::Lost(why) => self.enforcer.lost(self.clock.now(), why),
                 },
@@ -121,6 +123,8 @@ mod tests {
     struct FakeGroup {
         clock: TokioClock,
         log: Arc<Mutex<Vec<(Duration, Signal)>>>,
+        /// The guard's renewals: (when, the new SIGKILL instant).
+        renewals: Arc<Mutex<Vec<(Duration, Duration)>>>,
         /// Ignores SIGTERM (dies only of SIGKILL).
         stubborn: bool,
         exit: Arc<Mutex<Option<oneshot::Sender<io::Result<ExitStatus>>>>>,
@@ -139,11 +143,12 @@ mod tests {
     }
 
     impl Signaller for FakeGroup {
-        fn signal(&self, sig: Signal) {
+        fn signal(&self, sig: Signal) -> bool {
             self.log.lock().unwrap().push((self.clock.now(), sig));
             if sig == Signal::SIGKILL || (sig == Signal::SIGTERM && !self.stubborn) {
                 self.die(ExitStatus::from_raw(sig as i32));
             }
+            true
         }
     }
 
@@ -156,7 +161,9 @@ mod tests {
         fn new(clock: TokioClock, stubborn: bool) -> FakeChild {
             let (tx, exit) = oneshot::channel();
             let log = Arc::default();
-            FakeChild { group: FakeGroup { clock, log, stubborn, exit: Arc::new(Mutex::new(Some(tx))) }, exit }
+            let group =
+                FakeGroup { clock, log, renewals: Arc::default(), stubborn, exit: Arc::new(Mutex::new(Some(tx))) };
+            FakeChild { group, exit }
         }
     }
 
@@ -173,6 +180,10 @@ mod tests {
 
         fn group_alive(&self) -> bool {
             self.group.exit.lock().unwrap().is_some()
+        }
+
+        fn renew(&self, kill_at: Duration) {
+            self.group.renewals.lock().unwrap().push((self.group.clock.now(), kill_at));
         }
     }
 
@@ -217,6 +228,10 @@ mod tests {
         assert_eq!(outcome.loss, None);
         assert!(outcome.status.unwrap().success());
         assert_eq!(group.log(), vec![], "no signal may reach a command whose session is confirmed");
+        // Each confirmation renewed the guard with the SIGKILL instant it gives, at once.
+        let kill_after = budget().kill_after();
+        let expected: Vec<_> = (1..=20).map(|s| (ms(s * 1_000), ms(s * 1_000) + kill_after)).collect();
+        assert_eq!(*group.renewals.lock().unwrap(), expected);
     }
 
     #[tokio::test(start_paused = true)]
@@ -267,6 +282,7 @@ mod tests {
         let outcome = supervise(&mut child, events).await;
         assert_eq!(outcome.loss, Some(Loss::Deadline));
         assert_eq!(group.log().last(), Some(&(b.kill_after(), Signal::SIGKILL)));
+        assert_eq!(*group.renewals.lock().unwrap(), vec![], "a late confirmation renews nothing");
     }
 
     #[tokio::test(start_paused = true)]

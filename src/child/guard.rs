@@ -1,123 +1,218 @@
 //! The guard process of a running command (see [`Guard`]).
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
-use super::Child;
+// The guard shares zklock's memory and thread pointer: its system calls must never touch
+// thread-local state (errno). rustix's linux_raw backend makes them without libc; close_range
+// (which rustix lacks) and close are made below with an inline `syscall`. Both hold only on
+// these targets.
+#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+compile_error!(
+    "the guard process (src/child/guard.rs) needs Linux on x86_64 or aarch64: its raw system calls write no errno only there"
+);
+#[cfg(rustix_use_libc)]
+compile_error!(
+    "the guard process needs rustix's linux_raw backend (no errno); do not build with --cfg rustix_use_libc"
+);
 
-/// A small process outside the command's group that SIGKILLs the whole group if zklock dies
-/// without disarming it. PR_SET_PDEATHSIG only covers the group leader: the leader's own
-/// children (`sh -c 'a | b'`) would otherwise run on without the lock after `kill -9` of zklock.
+/// A small process outside the command's group: the dead-man's switch of the command.
+///
+/// - If zklock dies without disarming it (`kill -9`), the socket to zklock reads end-of-file
+///   and the guard SIGKILLs the command's whole group: PR_SET_PDEATHSIG only covers the group
+///   leader, and the leader's own children (`sh -c 'a | b'`) would run on without the lock.
+/// - It is armed with the instant (on CLOCK_BOOTTIME) by which it must hear from zklock again:
+///   zklock's own SIGKILL instant (`D - K`, from the last confirmed heartbeat), which zklock
+///   renews each time `t_ok` advances. With no renewal by then, the guard SIGKILLs the group
+///   itself: a zklock that is stopped (SIGSTOP, a debugger), hung or starved of CPU cannot
+///   leave its command running after the server may hand the lock on.
 ///
 /// The guard is a process (it must outlive zklock) that shares zklock's memory (`clone` with
 /// `CLONE_VM`, as `posix_spawn` does before its `exec`): starting it copies no page tables, and
-/// zklock's writes afterwards take no copy-on-write faults, which a `fork` cost on every cycle.
-/// It runs on a stack of its own and touches nothing else of zklock's memory (see [`guard_main`]).
+/// zklock's writes afterwards take no copy-on-write faults. It runs on a stack of its own in a
+/// [`Block`] that zklock never frees while it may run, touches no other memory of zklock's,
+/// allocates nothing, and knows nothing of ZooKeeper: it acts on what zklock last told it.
 pub struct Guard {
     pid: Pid,
-    pipe: Option<std::os::fd::OwnedFd>,
-    /// The guard's stack: freed only once the guard is reaped.
-    stack: Option<Box<[u8]>>,
+    /// zklock's end of the socket pair; closing it (or zklock's death) is the alarm.
+    sock: Option<OwnedFd>,
+    /// Freed only once the guard is reaped.
+    block: Option<Box<Block>>,
 }
 
 /// What the guard reads when zklock is done with the group.
 const DISARM: u8 = b'd';
+/// What the guard writes once it holds no descriptor of zklock's but its own.
+const READY: u8 = b'r';
+/// What it writes when it could not close them: zklock must not start the command.
+const FAILED: u8 = b'f';
 
 /// The guard's stack: `guard_main` needs a few hundred bytes.
 const STACK: usize = 64 * 1024;
 
-impl Child {
-    /// Starts the guard for this command's group.
-    pub fn guard(&self) -> io::Result<Guard> {
+/// The most descriptors the one-by-one fallback closes.
+const MAX_FDS: u64 = 1 << 20;
+
+/// What zklock and the guard share: the guard's arguments (written before the clone, never
+/// changed after), the two cells zklock updates, and the guard's stack.
+#[repr(C, align(16))]
+struct Block {
+    args: Args,
+    /// zklock's SIGKILL instant, nanoseconds on CLOCK_BOOTTIME; only ever moves forward.
+    kill_at_ns: AtomicU64,
+    /// The command's process group, 0 until it is spawned.
+    pgid: AtomicI32,
+    stack: [u8; STACK],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Args {
+    /// The guard's end of the socket pair.
+    sock: i32,
+    /// zklock's end: the guard must not hold it, or it would never see zklock die.
+    peer: i32,
+    /// A timerfd on CLOCK_BOOTTIME, armed at the first SIGKILL instant.
+    timer: i32,
+    /// The instant the timer was armed at, nanoseconds.
+    armed_ns: u64,
+    /// Fault injection for the tests (debug builds only): 1 = close_range fails, 2 = closing
+    /// one by one fails too.
+    fault: u8,
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+fn timespec(ns: u64) -> rustix::time::Timespec {
+    rustix::time::Timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 }
+}
+
+fn fault_injected() -> u8 {
+    if cfg!(debug_assertions) {
+        match std::env::var("ZKLOCK_TEST_GUARD_FAULT").as_deref() {
+            Ok("close_range") => 1,
+            Ok("close") => 2,
+            _ => 0,
+        }
+    } else {
+        0
+    }
+}
+
+impl Guard {
+    /// Starts the guard, armed to SIGKILL the command's group at `kill_at` (CLOCK_BOOTTIME),
+    /// and waits until it holds none of zklock's descriptors. `Err` means the command must not
+    /// be started: nothing would stop it if zklock froze or died.
+    pub fn arm(kill_at: Duration) -> io::Result<Guard> {
         use nix::libc;
         use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
-        use std::os::fd::AsRawFd;
-        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (pipe, pgid) = (read_end.as_raw_fd(), self.pgid.as_raw());
-        let mut stack = vec![0u8; STACK].into_boxed_slice();
+        use rustix::time::{timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags};
+        use rustix::time::{TimerfdTimerFlags, Timespec};
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let (ours, theirs): (OwnedFd, OwnedFd) = (ours.into(), theirs.into());
+        let timer = timerfd_create(TimerfdClockId::Boottime, TimerfdFlags::CLOEXEC)?;
+        let armed_ns = nanos(kill_at).max(1);
+        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        timerfd_settime(
+            &timer,
+            TimerfdTimerFlags::ABSTIME,
+            &Itimerspec { it_interval: zero, it_value: timespec(armed_ns) },
+        )?;
+        let args = Args {
+            sock: theirs.as_raw_fd(),
+            peer: ours.as_raw_fd(),
+            timer: timer.as_raw_fd(),
+            armed_ns,
+            fault: fault_injected(),
+        };
+        let mut block =
+            Box::new(Block { args, kill_at_ns: AtomicU64::new(armed_ns), pgid: AtomicI32::new(0), stack: [0; STACK] });
         // The top of the stack, 16-byte aligned as the ABI wants.
-        let top = stack.as_mut_ptr().wrapping_add(STACK);
+        let top = block.stack.as_mut_ptr().wrapping_add(STACK);
         let top = top.wrapping_sub(top as usize % 16);
-        // The guard's two numbers travel in clone's argument itself, not in memory that could
-        // change under it.
-        let arg = (((pipe as u32 as u64) << 32) | pgid as u32 as u64) as usize as *mut libc::c_void;
+        let arg: *mut libc::c_void = (&mut *block as *mut Block).cast();
         // All signals blocked across the clone: the guard starts with them blocked, so that
         // none of zklock's handlers can run in it (they would touch zklock's memory).
         let mut old = SigSet::empty();
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))?;
-        // SAFETY: CLONE_VM without CLONE_THREAD: a new process on `stack`, sharing our memory,
-        // with copies of our descriptors and signal dispositions. `guard_entry` uses only its
-        // own stack and system calls, and never returns; `stack` is freed only after the guard
-        // is reaped.
+        // SAFETY: CLONE_VM without CLONE_THREAD: a new process on the block's stack, sharing
+        // our memory, with copies of our descriptors and signal dispositions. `guard_entry`
+        // uses only its block and system calls that write no errno, and never returns. The
+        // block is freed only after the guard is reaped (or never, see `Drop`), and nothing
+        // fallible runs between here and the moment `Guard` owns it.
         let pid = unsafe { libc::clone(guard_entry, top.cast(), libc::CLONE_VM | libc::SIGCHLD, arg) };
         let cloned = io::Error::last_os_error();
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+        let restored = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         if pid < 0 {
             return Err(cloned);
         }
-        drop(read_end);
-        Ok(Guard { pid: Pid::from_raw(pid), pipe: Some(write_end), stack: Some(stack) })
+        // From here the guard may run on the block: `Guard` owns it, so every early return
+        // below goes through `Drop`, which reaps the guard before freeing it.
+        let mut guard = Guard { pid: Pid::from_raw(pid), sock: Some(ours), block: Some(block) };
+        drop(theirs);
+        drop(timer);
+        restored?;
+        guard.wait_ready()?;
+        Ok(guard)
     }
-}
 
-extern "C" fn guard_entry(arg: *mut nix::libc::c_void) -> nix::libc::c_int {
-    let arg = arg as usize as u64;
-    // SAFETY: see `Child::guard`.
-    unsafe { guard_main((arg >> 32) as u32 as i32, arg as u32 as i32) }
-}
-
-/// The guard's whole life: keep only the pipe, leave zklock's process group (a signal to
-/// zklock's job must not kill the guard), wait for the pipe to say "done" or to close, and
-/// SIGKILL the command's group if it closed without "done". Every signal stays blocked, as it
-/// was at the clone: none can stop, end or interrupt the guard, but SIGKILL and SIGSTOP.
-///
-/// It shares zklock's memory, so it runs on its own stack and makes nothing but system calls:
-/// through rustix, which touches no thread-local state (no errno; the thread pointer is
-/// zklock's), except `close_range` and `_exit` through libc, whose errno is written only on a
-/// failure their arguments rule out.
-unsafe fn guard_main(pipe: i32, pgid: i32) -> ! {
-    use nix::libc;
-    use rustix::fd::BorrowedFd;
-    use rustix::process::{kill_process_group, setpgid, Pid as RawPid, Signal as RawSignal};
-    if pipe > 0 {
-        libc::syscall(libc::SYS_close_range, 0u32, (pipe - 1) as u32, 0u32);
-    }
-    libc::syscall(libc::SYS_close_range, (pipe + 1) as u32, u32::MAX, 0u32);
-    let _ = setpgid(None, None);
-    let fd = BorrowedFd::borrow_raw(pipe);
-    let mut byte = [0u8; 1];
-    let disarmed = loop {
-        match rustix::io::read(fd, &mut byte) {
-            Ok(n) => break n == 1 && byte[0] == DISARM,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => break false,
-        }
-    };
-    if !disarmed {
-        if let Some(group) = RawPid::from_raw(pgid) {
-            let _ = kill_process_group(group, RawSignal::KILL);
+    /// The guard's first word: it holds no descriptor of zklock's but its own.
+    fn wait_ready(&mut self) -> io::Result<()> {
+        let sock = self.sock.as_ref().expect("armed");
+        let mut byte = [0u8; 1];
+        let n = loop {
+            match nix::unistd::read(sock.as_raw_fd(), &mut byte) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r?,
+            }
+        };
+        match (n, byte[0]) {
+            (1, READY) => Ok(()),
+            (1, FAILED) => Err(io::Error::other(
+                "the guard process could not close zklock's descriptors (close_range failed, and so did closing them one by one), \
+                 so it would not see zklock die",
+            )),
+            _ => Err(io::Error::other("the guard process exited before it was armed")),
         }
     }
-    libc::_exit(0)
-}
 
-impl Guard {
+    /// The command's group, once it is spawned: what the guard kills.
+    pub fn set_group(&self, pgid: Pid) {
+        if let Some(block) = &self.block {
+            block.pgid.store(pgid.as_raw(), Ordering::Release);
+        }
+    }
+
+    /// Moves the guard's SIGKILL instant forward (never back) to `kill_at` (CLOCK_BOOTTIME).
+    /// One atomic store: the guard reads it when its timer fires.
+    pub fn renew(&self, kill_at: Duration) {
+        if let Some(block) = &self.block {
+            block.kill_at_ns.fetch_max(nanos(kill_at), Ordering::AcqRel);
+        }
+    }
+
     /// The group is gone: the guard exits without killing anything. Does not wait for it; it
     /// is reaped when the `Guard` is dropped.
     pub fn disarm(&mut self) {
-        if let Some(pipe) = self.pipe.take() {
-            let _ = nix::unistd::write(&pipe, &[DISARM]);
+        if let Some(sock) = self.sock.take() {
+            // MSG_NOSIGNAL: a guard that already acted and exited is no SIGPIPE.
+            let _ = nix::sys::socket::send(sock.as_raw_fd(), &[DISARM], nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
         }
     }
 }
 
 impl Drop for Guard {
-    /// Reaps the guard. Dropped without being disarmed (an error path), the closed pipe makes
+    /// Reaps the guard. Dropped without being disarmed (an error path), the closed socket makes
     /// the guard kill the group first.
     fn drop(&mut self) {
-        drop(self.pipe.take());
+        drop(self.sock.take());
         let reaped = loop {
             match waitpid(self.pid, None) {
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -125,8 +220,186 @@ impl Drop for Guard {
             }
         };
         if !reaped {
-            // Not reaped, so maybe still running on its stack: never free it.
-            std::mem::forget(self.stack.take());
+            // Not reaped, so maybe still running on its block: never free it.
+            std::mem::forget(self.block.take());
         }
     }
+}
+
+extern "C" fn guard_entry(arg: *mut nix::libc::c_void) -> nix::libc::c_int {
+    // SAFETY: `arg` is the block `Guard::arm` passed to clone, alive while the guard runs.
+    unsafe { guard_main(&*(arg as *const Block)) }
+}
+
+/// A system call with three arguments, made directly: `Err` with the kernel's errno, which is
+/// never written anywhere (libc's `syscall` writes errno; rustix's `close` asserts success in
+/// debug builds, and most descriptors the fallback closes are not open).
+///
+/// # Safety
+/// As for the system call `nr` itself.
+unsafe fn syscall3(nr: nix::libc::c_long, a0: usize, a1: usize, a2: usize) -> Result<usize, isize> {
+    let ret: isize;
+    #[cfg(target_arch = "x86_64")]
+    core::arch::asm!(
+        "syscall",
+        inlateout("rax") nr as isize => ret,
+        in("rdi") a0,
+        in("rsi") a1,
+        in("rdx") a2,
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    #[cfg(target_arch = "aarch64")]
+    core::arch::asm!(
+        "svc 0",
+        in("x8") nr as isize,
+        inlateout("x0") a0 as isize => ret,
+        in("x1") a1,
+        in("x2") a2,
+        options(nostack),
+    );
+    if (-4095..0).contains(&ret) {
+        Err(-ret)
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// close_range(2) of `first..=last`.
+///
+/// # Safety
+/// Closes descriptors of the calling process; the caller must not use them afterwards.
+unsafe fn close_range(first: u32, last: u32) -> Result<(), isize> {
+    syscall3(nix::libc::SYS_close_range, first as usize, last as usize, 0).map(|_| ())
+}
+
+/// Closes every descriptor but `keep` (sorted, no duplicates): close_range between them, or,
+/// where that fails (a kernel before 5.9, a seccomp filter), one by one.
+///
+/// # Safety
+/// Only for the guard, which uses no descriptor but those in `keep` afterwards.
+unsafe fn close_all_but(keep: &[i32; 3], fault: u8) {
+    let mut ranged = fault == 0;
+    let mut first: u32 = 0;
+    for &k in keep.iter() {
+        if ranged && (k as u32) > first {
+            ranged = close_range(first, k as u32 - 1).is_ok();
+        }
+        first = k as u32 + 1;
+    }
+    if ranged {
+        ranged = close_range(first, u32::MAX).is_ok();
+    }
+    if ranged || fault == 2 {
+        return;
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let max = limit.current.unwrap_or(MAX_FDS).max(limit.maximum.unwrap_or(0)).min(MAX_FDS);
+    for fd in 0..max as i32 {
+        if !keep.contains(&fd) {
+            // EBADF for the many that are not open.
+            let _ = syscall3(nix::libc::SYS_close, fd as usize, 0, 0);
+        }
+    }
+}
+
+/// The guard's whole life: keep only its socket, its timer and stderr; say whether that
+/// worked; leave zklock's process group (a signal to zklock's job must not kill the guard);
+/// then wait for one of three things:
+/// - "disarm" on the socket: exit, killing nothing;
+/// - end-of-file on the socket (zklock died): SIGKILL the command's group;
+/// - the timer, at the SIGKILL instant: if zklock renewed it meanwhile, re-arm it at the new
+///   instant; if not, SIGKILL the command's group and say so on stderr.
+///
+/// Every signal stays blocked, as it was at the clone: none can stop, end or interrupt the
+/// guard, but SIGKILL and SIGSTOP.
+///
+/// # Safety
+/// Runs in the guard process only, which shares zklock's memory and thread pointer: it must
+/// touch nothing but `block` and its own stack, and make no call that writes errno or other
+/// thread-local state (rustix's linux_raw backend, and the raw close_range above).
+unsafe fn guard_main(block: &Block) -> ! {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use rustix::fd::BorrowedFd;
+    use rustix::process::setpgid;
+    use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
+    let args = block.args;
+    // stderr, for the guard's one line; unless zklock started without one and its end of the
+    // socket pair took number 2.
+    let stderr = if args.peer == 2 { args.sock } else { 2 };
+    let mut keep = [stderr, args.sock, args.timer];
+    keep.sort_unstable();
+    close_all_but(&keep, args.fault);
+    let sock = BorrowedFd::borrow_raw(args.sock);
+    let timer = BorrowedFd::borrow_raw(args.timer);
+    let stderr = BorrowedFd::borrow_raw(stderr);
+    // Holding zklock's end, the guard would never read end-of-file when zklock dies.
+    let closed = rustix::io::fcntl_getfd(BorrowedFd::borrow_raw(args.peer)).is_err();
+    let _ = rustix::io::write(sock, &[if closed { READY } else { FAILED }]);
+    if !closed {
+        exit(1);
+    }
+    let _ = setpgid(None, None);
+    let mut armed = args.armed_ns;
+    loop {
+        let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::IN), PollFd::from_borrowed_fd(timer, PollFlags::IN)];
+        if let Err(e) = poll(&mut fds, None) {
+            if e == rustix::io::Errno::INTR {
+                continue;
+            }
+            kill_group(block, stderr, b"zklock: guard: cannot wait for zklock; sent SIGKILL to the command's group\n");
+        }
+        let (sock_ready, timer_ready) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+        if sock_ready {
+            let mut byte = [0u8; 1];
+            match rustix::io::read(sock, &mut byte) {
+                Ok(1) if byte[0] == DISARM => exit(0),
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+                // End-of-file: zklock is gone (killed) without disarming.
+                _ => kill_group(block, stderr, b""),
+            }
+        }
+        if timer_ready {
+            let mut expirations = [0u8; 8];
+            let _ = rustix::io::read(timer, &mut expirations);
+            let kill_at = block.kill_at_ns.load(Ordering::Acquire);
+            if kill_at <= armed {
+                kill_group(block, stderr, b"zklock: guard: no word from zklock by its SIGKILL instant (frozen, hung or starved?); sent SIGKILL to the command's group\n");
+            }
+            armed = kill_at;
+            let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+            let spec = Itimerspec { it_interval: zero, it_value: timespec(armed) };
+            if timerfd_settime(timer, TimerfdTimerFlags::ABSTIME, &spec).is_err() {
+                kill_group(
+                    block,
+                    stderr,
+                    b"zklock: guard: cannot re-arm its timer; sent SIGKILL to the command's group\n",
+                );
+            }
+        }
+    }
+}
+
+/// SIGKILLs the command's group (if it was spawned), says `why` on stderr if that found
+/// processes, and ends the guard.
+///
+/// # Safety
+/// As [`guard_main`].
+unsafe fn kill_group(block: &Block, stderr: rustix::fd::BorrowedFd<'_>, why: &[u8]) -> ! {
+    use rustix::process::{kill_process_group, Pid as RawPid, Signal as RawSignal};
+    if let Some(group) = RawPid::from_raw(block.pgid.load(Ordering::Acquire)) {
+        if kill_process_group(group, RawSignal::KILL).is_ok() && !why.is_empty() {
+            let _ = rustix::io::write(stderr, why);
+        }
+    }
+    exit(0)
+}
+
+/// Ends the guard: `_exit` never returns, so it writes no errno.
+///
+/// # Safety
+/// As [`guard_main`].
+unsafe fn exit(code: i32) -> ! {
+    nix::libc::_exit(code)
 }
