@@ -121,8 +121,12 @@ confirmed heartbeat (t_ok, on CLOCK_BOOTTIME), the command must be dead by D = t
 zklock sends the stop signal (--kill-signal) to the command's process group at t_ok + the disconnect threshold \
 and SIGKILL --grace later, never later than D - 400ms (with the defaults, exactly then). A session expiry, a deleted lock node, or a node owned \
 by another session after a reconnect stops the command at once. A threshold or grace that does not fit is refused \
-with the arithmetic. Where zklock itself cannot act (the host paused), ZKLOCK_FENCING_TOKEN lets the protected \
-resource refuse a stale holder.";
+with the arithmetic. A guard process outside the command's group is armed with zklock's SIGKILL instant and renewed \
+by every confirmed heartbeat: if zklock is stopped, hung or starved and misses it, the guard SIGKILLs the group \
+itself. When a holder vanishes without a clean release (its session expired, its node was deleted), the next holder \
+waits that holder's --lock-delay (default: the session timeout) before starting its command, so that a holder frozen \
+whole for less than T + lock-delay is dead first; clean releases cost no delay. Beyond that (a longer freeze, a \
+process that escaped the group), ZKLOCK_FENCING_TOKEN lets the protected resource refuse a stale holder.";
 
 fn run_after_help() -> String {
     format!(
