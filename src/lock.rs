@@ -335,23 +335,18 @@ impl<'a, C: Clock> Recipe<'a, C> {
         if let Some((data, version)) = listed.dir {
             *self.dir.borrow_mut() = Dir { released: Released::parse(&data), version: Some(version) };
         }
-        let queue = queue(self.lock, &listed.children)?;
+        self.place(node, &listed.children)
+    }
+
+    /// The queue rule for our node among `children`.
+    fn place(&self, node: &OurNode, children: &[String]) -> Result<Turn> {
+        let queue = queue(self.lock, children)?;
         let Some(pos) = queue.iter().position(|c| c.name == node.name) else {
             bail!("our lock node {} vanished while waiting (deleted by someone, or the session was lost)", node.path);
         };
         let verdict = verdict(&queue, pos)
             .map_err(|refusal| anyhow!("cannot take {} as {}: {refusal}", self.lock, self.mode.describe()))?;
         Ok(Turn { verdict, queue, pos })
-    }
-
-    /// The queue rule for our node among `children`.
-    fn verdict_in(&self, node: &OurNode, children: &[String]) -> Result<Verdict> {
-        let queue = queue(self.lock, children)?;
-        let Some(pos) = queue.iter().position(|c| c.name == node.name) else {
-            bail!("our lock node {} vanished while waiting (deleted by someone, or the session was lost)", node.path);
-        };
-        verdict(&queue, pos)
-            .map_err(|refusal| anyhow!("cannot take {} as {}: {refusal}", self.lock, self.mode.describe()))
     }
 
     /// The nodes ahead of ours that exclude us: every one, but for a reader only writers.
@@ -449,7 +444,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
             Ok(r) => r,
             Err(e) => return Err(e).with_context(|| format!("cannot watch {}", self.lock)),
         };
-        if !matches!(self.verdict_in(node, &children)?, Verdict::Wait { watch: Watch::Directory, .. }) {
+        if !matches!(self.place(node, &children)?.verdict, Verdict::Wait { watch: Watch::Directory, .. }) {
             return Ok(());
         }
         let event = tokio::select! {
