@@ -10,15 +10,31 @@ use nix::sys::signal::Signal;
 /// A titled list of (term, description) rows, shared by `--help` and the man pages.
 pub struct DocSection {
     pub title: &'static str,
-    pub rows: &'static [(&'static str, &'static str)],
+    rows: Rows,
+}
+
+/// Where a section's rows come from.
+enum Rows {
+    Text(&'static [(&'static str, &'static str)]),
+    /// An exit-status table, made from the [`Exit`](crate::exit::Exit) type.
+    Exits(&'static [crate::exit::Exit]),
 }
 
 impl DocSection {
+    /// The (term, description) rows.
+    pub fn rows(&self) -> Vec<(String, &'static str)> {
+        match self.rows {
+            Rows::Text(rows) => rows.iter().map(|(t, d)| (t.to_string(), *d)).collect(),
+            Rows::Exits(table) => crate::exit::rows(table),
+        }
+    }
+
     /// Plain text for `--help`.
     pub fn to_help(&self) -> String {
-        let width = self.rows.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+        let rows = self.rows();
+        let width = rows.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
         let mut out = format!("{}:\n", self.title);
-        for (term, text) in self.rows {
+        for (term, text) in rows {
             out.push_str(&format!("  {term:width$}  {text}\n"));
         }
         out
@@ -41,21 +57,21 @@ impl Examples {
     }
 }
 
-pub const RUN_EXIT_STATUS: DocSection = DocSection { title: "Exit status", rows: &crate::exit::RUN_ROWS };
+pub const RUN_EXIT_STATUS: DocSection = DocSection { title: "Exit status", rows: Rows::Exits(&crate::exit::Exit::RUN) };
 
 pub const RUN_ENV_GIVEN: DocSection = DocSection {
     title: "Environment given to the command",
-    rows: &[
+    rows: Rows::Text(&[
         ("ZKLOCK_LOCK", "the lock path"),
         ("ZKLOCK_NODE", "the full path of our lock node"),
         ("ZKLOCK_FENCING_TOKEN", "the lock node's czxid (decimal); strictly rises from holder to holder"),
         ("ZKLOCK_SESSION_ID", "the ZooKeeper session id (hex)"),
-    ],
+    ]),
 };
 
 pub const ENV_READ: DocSection = DocSection {
     title: "Environment read by zklock",
-    rows: &[
+    rows: Rows::Text(&[
         ("ZKLOCK_ZK", "the connect string when -z/--zk is not given"),
         (
             "ZKLOCK_AUTH",
@@ -64,7 +80,7 @@ pub const ENV_READ: DocSection = DocSection {
         ("ZKLOCK_TLS_CA, ZKLOCK_TLS_CERT, ZKLOCK_TLS_KEY", "--tls-ca, --tls-cert and --tls-key when not given"),
         ("ZKLOCK_LOCK_DELAY", "--lock-delay when not given"),
         ("ZKLOCK_LOG", "log filter overriding -v/-q, e.g. zklock=debug,zookeeper_client=info"),
-    ],
+    ]),
 };
 
 pub const RUN_EXAMPLES: Examples = Examples(&[
@@ -82,15 +98,8 @@ pub const RUN_EXAMPLES: Examples = Examples(&[
     ),
 ]);
 
-pub const STATUS_EXIT_STATUS: DocSection = DocSection {
-    title: "Exit status",
-    rows: &[
-        ("0", "every lock named is held (with --recursive: every lock found, and at least one); with --held-longer-than or --waiting-longer-than: no lock matched"),
-        ("1", "a lock is free; a lock path that does not exist is free (not with the alert options)"),
-        ("2", "with --held-longer-than or --waiting-longer-than: a lock matched (an alert, as Nagios' CRITICAL)"),
-        ("125", "error: no server, invalid path, ..."),
-    ],
-};
+pub const STATUS_EXIT_STATUS: DocSection =
+    DocSection { title: "Exit status", rows: Rows::Exits(&crate::exit::Exit::STATUS) };
 
 pub const STATUS_EXAMPLES: Examples = Examples(&[
     ("who holds the report lock, and who waits", "zklock status /locks/nightly-report"),

@@ -23,13 +23,13 @@ use std::time::{Instant, SystemTime};
 
 /// Runs a parsed command line and returns the process exit status. Never exits the process
 /// itself, so that every path releases what it took.
-pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
+pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> exit::Exit {
     let log = logging::init(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             crate::exit::say(format_args!("zklock: error: cannot start the async runtime: {e}"));
-            return exit::FAILURE;
+            return exit::Exit::Failure;
         }
     };
     let quiet = cli.quiet;
@@ -50,7 +50,7 @@ pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
             if !silent {
                 crate::exit::say(format_args!("zklock: error: {e:#}"));
             }
-            exit::FAILURE
+            exit::Exit::Failure
         }
     }
 }

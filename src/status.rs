@@ -9,6 +9,7 @@ use serde::Serialize;
 use zookeeper_client::{Client, MultiReadResult, Stat};
 
 use crate::cli::{Format, StatusArgs};
+use crate::exit::Exit;
 use crate::lock;
 use crate::nodedata::NodeData;
 use crate::queue::{self, classify};
@@ -21,12 +22,6 @@ const READ_BATCH: usize = 500;
 /// `--recursive` stops after visiting this many nodes.
 const MAX_VISITED: usize = 100_000;
 
-/// Exit status: every lock held.
-pub const HELD: u8 = 0;
-/// Exit status: a lock is free.
-pub const FREE: u8 = 1;
-/// Exit status: with `--held-longer-than` or `--waiting-longer-than`, a lock matched.
-pub const ALERT: u8 = 2;
 /// Requests in flight at once while walking and reading many locks.
 const PIPELINE: usize = 64;
 
@@ -494,16 +489,16 @@ pub fn render_recursive(reports: &[LockReport]) -> String {
     table(&rows)
 }
 
-fn exit_status(reports: &[LockReport]) -> u8 {
+fn exit_status(reports: &[LockReport]) -> Exit {
     if !reports.is_empty() && reports.iter().all(|r| r.held) {
-        HELD
+        Exit::Held
     } else {
-        FREE
+        Exit::Free
     }
 }
 
 /// `zklock status`.
-pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
+pub async fn status(args: StatusArgs, quiet: bool) -> Result<Exit> {
     for path in &args.locks {
         if path != "/" {
             lock::validate_lock_path(path)?;
@@ -516,7 +511,7 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
     let mut signals = Signals::install().context("cannot install signal handlers")?;
     let client = tokio::select! {
         c = connect.connect() => c?,
-        sig = signals.recv_terminating() => return Ok(crate::exit::from_signal(sig as i32)),
+        sig = signals.recv_terminating() => return Ok(Exit::Signal(sig as i32)),
     };
     // Under a chroot that does not exist every lock would look free.
     if !client.path().is_empty() && client.path() != "/" {
@@ -533,7 +528,7 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
     let result = if args.watch {
         tokio::select! {
             r = watch(&client, &args.locks, quiet) => r,
-            _ = signals.recv_terminating() => Ok(HELD),
+            _ = signals.recv_terminating() => Ok(Exit::Held),
         }
     } else {
         snapshot(&client, &args, quiet).await
@@ -549,7 +544,7 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<u8> {
     result
 }
 
-async fn snapshot(client: &Client, args: &StatusArgs, quiet: bool) -> Result<u8> {
+async fn snapshot(client: &Client, args: &StatusArgs, quiet: bool) -> Result<Exit> {
     use futures::stream::{self, StreamExt, TryStreamExt};
     let now = SystemTime::now();
     // With --recursive: whether the root exists, as the walk found it.
@@ -567,7 +562,7 @@ async fn snapshot(client: &Client, args: &StatusArgs, quiet: bool) -> Result<u8>
     let alerting = args.held_longer_than.is_some() || args.waiting_longer_than.is_some();
     let (reports, code) = if alerting {
         let matching: Vec<LockReport> = reports.into_iter().filter(|r| matches_alert(r, args)).collect();
-        let code = if matching.is_empty() { HELD } else { ALERT };
+        let code = if matching.is_empty() { Exit::Held } else { Exit::Alert };
         (matching, code)
     } else {
         let code = exit_status(&reports);
@@ -711,7 +706,7 @@ pub fn render_prometheus(reports: &[LockReport], now: SystemTime) -> String {
 }
 
 /// Prints the state of each lock, then a line each time its holder or queue changes.
-async fn watch(client: &Client, paths: &[String], quiet: bool) -> Result<u8> {
+async fn watch(client: &Client, paths: &[String], quiet: bool) -> Result<Exit> {
     let mut tasks = tokio::task::JoinSet::new();
     for path in paths {
         let (client, path) = (client.clone(), path.clone());
@@ -721,7 +716,7 @@ async fn watch(client: &Client, paths: &[String], quiet: bool) -> Result<u8> {
     if let Some(r) = tasks.join_next().await {
         r.context("watch task failed")??;
     }
-    Ok(HELD)
+    Ok(Exit::Held)
 }
 
 async fn watch_one(client: &Client, path: &str, quiet: bool) -> Result<()> {
@@ -800,8 +795,8 @@ mod tests {
             waiters: vec![],
             other_nodes: vec![],
         };
-        assert_eq!(exit_status(&[]), FREE);
-        assert_eq!(exit_status(&[free]), FREE);
+        assert_eq!(exit_status(&[]), Exit::Free);
+        assert_eq!(exit_status(&[free]), Exit::Free);
     }
 
     #[test]

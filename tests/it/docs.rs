@@ -16,8 +16,8 @@ fn root() -> PathBuf {
 }
 
 fn rows(roff: &mut Roff, section: &DocSection) {
-    for (term, text) in section.rows {
-        roff.control("TP", []).text([bold(*term)]).text([roman(*text)]);
+    for (term, text) in section.rows() {
+        roff.control("TP", []).text([bold(term.as_str())]).text([roman(text)]);
     }
 }
 
@@ -162,7 +162,7 @@ fn readme_exit_table_is_the_enum() {
     let readme = std::fs::read_to_string(&path).unwrap();
     let a = readme.find(START).expect("README has the exit-status markers") + START.len();
     let b = a + readme[a..].find(END).expect("README has the end marker");
-    let table = zklock::exit::markdown_table();
+    let table = zklock::exit::markdown_table(&zklock::exit::Exit::RUN);
     if std::env::var_os("ZKLOCK_UPDATE_DOCS").is_some() {
         std::fs::write(&path, format!("{}{table}{}", &readme[..a], &readme[b..])).unwrap();
     } else {
