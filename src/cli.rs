@@ -270,10 +270,6 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "PATH", help_heading = "Security")]
     pub auth_file: Option<std::path::PathBuf>,
 
-    /// ACL of the nodes zklock creates [default: creator+read with credentials, else open]
-    #[arg(long, value_enum, value_name = "POLICY", help_heading = "Security")]
-    pub acl: Option<AclPolicy>,
-
     /// CA certificate(s) (PEM) that signed the servers' certificates; connects with TLS
     #[arg(long, env = "ZKLOCK_TLS_CA", value_name = "PEM", help_heading = "Security")]
     pub tls_ca: Option<std::path::PathBuf>,
@@ -285,6 +281,22 @@ pub struct ConnectArgs {
     /// Private key (PEM) of --tls-cert
     #[arg(long, env = "ZKLOCK_TLS_KEY", value_name = "PEM", requires = "tls_cert", help_heading = "Security")]
     pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The connection settings, for the connection layer (which knows nothing of clap).
+    pub fn settings(&self, acl: Option<AclPolicy>) -> crate::zk::Settings {
+        crate::zk::Settings {
+            connect: self.zk.clone(),
+            session_timeout: self.session_timeout,
+            connect_timeout: self.connect_timeout,
+            auth_file: self.auth_file.clone(),
+            acl: acl.map(Into::into),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
 }
 
 /// The ACL of every node zklock creates: lock nodes and the parents it creates.
@@ -299,13 +311,12 @@ pub enum AclPolicy {
     CreatorRead,
 }
 
-impl AclPolicy {
-    /// The name given on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            AclPolicy::Open => "open",
-            AclPolicy::Creator => "creator",
-            AclPolicy::CreatorRead => "creator+read",
+impl From<AclPolicy> for crate::zk::AclPolicy {
+    fn from(p: AclPolicy) -> Self {
+        match p {
+            AclPolicy::Open => crate::zk::AclPolicy::Open,
+            AclPolicy::Creator => crate::zk::AclPolicy::Creator,
+            AclPolicy::CreatorRead => crate::zk::AclPolicy::CreatorRead,
         }
     }
 }
@@ -322,6 +333,10 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub connect: ConnectArgs,
+
+    /// ACL of the nodes zklock creates [default: creator+read with credentials, else open]
+    #[arg(long, value_enum, value_name = "POLICY", help_heading = "Security")]
+    pub acl: Option<AclPolicy>,
 
     /// The servers' tickTime, used in the safety budget
     #[arg(long, default_value = "2s", value_parser = parse_positive_duration, value_name = "DURATION", help_heading = "Safety")]

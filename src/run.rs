@@ -64,7 +64,7 @@ async fn session_ended(client: &Client) -> SessionState {
 /// `zklock run`. Returns the exit status; `Err` is a zklock failure (125) with its message.
 pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<Exit> {
     lock::validate_lock_path(&args.lock)?;
-    let connect = ConnectOptions::from_args(&args.connect)?;
+    let connect = ConnectOptions::from_settings(&args.connect.settings(args.acl))?;
     let program = match precheck_command(&args.command[0]) {
         Ok(path) => path,
         Err((code, msg)) => {

@@ -507,7 +507,8 @@ pub async fn status(args: StatusArgs, quiet: bool) -> Result<Exit> {
     if args.recursive && args.locks.len() != 1 {
         bail!("--recursive takes exactly one path");
     }
-    let connect = crate::zk::ConnectOptions::from_args(&args.connect)?;
+    // status creates nothing: no ACL to choose.
+    let connect = crate::zk::ConnectOptions::from_settings(&args.connect.settings(None))?;
     let mut signals = Signals::install().context("cannot install signal handlers")?;
     let client = tokio::select! {
         c = connect.connect() => c?,

@@ -307,12 +307,17 @@ fn mutual_tls_needs_a_client_certificate_signed_by_the_ca_and_gives_an_identity(
     let argv = gate.argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let child = gate.hold(run_as(server, &secure, None, lock, &good, &argv));
+    // status creates nothing: it takes no --acl.
     let out = status_as(&secure, None, &good, lock);
+    assert_fails(&out, "unexpected argument '--acl'");
+    let mtls = certs.mtls_args("client");
+    let mtls: Vec<&str> = mtls.iter().map(String::as_str).collect();
+    let out = status_as(&secure, None, &mtls, lock);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = status_as(&server.connect_string(), None, &[], lock);
     assert_fails(&out, &format!("not authorised to list {lock}"));
     assert_eq!(gate.release(child), 0);
-    let out = status_as(&secure, None, &good, lock);
+    let out = status_as(&secure, None, &mtls, lock);
     assert_eq!(code(&out), 1, "free again, no node left: {}", stdout(&out));
     assert!(stdout(&out).contains(&format!("{lock}: free")), "{}", stdout(&out));
 }
