@@ -653,23 +653,25 @@ pub fn render_prometheus(reports: &[LockReport], now: SystemTime) -> String {
         "How many hold the lock (several for shared and --limit locks).",
         reports.iter().map(|r| (path(r), r.holders.len() as f64)).collect(),
     );
+    // Labels take bounded values only (paths x hosts x users): a node name, a pid or a token
+    // would make a new series on every run. Several holders on one host as one user (shared
+    // and --limit locks) are one series: the longest hold.
     family(
         "zklock_lock_held_seconds",
-        "How long each holder has held the lock.",
+        "How long the lock has been held, by the longest holder of each host and user.",
         reports
             .iter()
             .flat_map(|r| {
-                r.holders.iter().map(move |h| {
-                    let labels = format!(
-                        "{},node=\"{}\",kind=\"{}\",holder_host=\"{}\",holder_pid=\"{}\",holder_user=\"{}\"",
-                        path(r),
-                        label(&h.node),
-                        h.kind,
-                        label(h.host.as_deref().unwrap_or("")),
-                        h.pid.map(|p| p.to_string()).unwrap_or_default(),
-                        label(h.user.as_deref().unwrap_or(""))
-                    );
-                    (labels, h.seconds)
+                let mut by_holder: std::collections::BTreeMap<(String, String), f64> = Default::default();
+                for h in &r.holders {
+                    let key = (h.host.clone().unwrap_or_default(), h.user.clone().unwrap_or_default());
+                    let longest = by_holder.entry(key).or_insert(0.0);
+                    *longest = longest.max(h.seconds);
+                }
+                by_holder.into_iter().map(move |((host, user), seconds)| {
+                    let labels =
+                        format!("{},holder_host=\"{}\",holder_user=\"{}\"", path(r), label(&host), label(&user));
+                    (labels, seconds)
                 })
             })
             .collect(),
