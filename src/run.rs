@@ -188,8 +188,9 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
     };
     let (outcome, guard) = supervise(client, job, &node, &budget, t_ok, &mut child, signals).await;
     // Phase 5: the release, once the command and its whole group are gone.
-    if let Err(e) = recipe.release(Some(&node)).await {
-        warn!("{e:#}");
+    match recipe.release(Some(&node)).await {
+        Ok(()) => info!("released {}", job.args.lock),
+        Err(e) => warn!("{e:#}"),
     }
     let code = exit_code(job.args, outcome)?;
     Ok(Held { code, guard })
