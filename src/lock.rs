@@ -221,8 +221,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 }
                 Err(zookeeper_client::Error::NoNode) => {
                     debug!("{} does not exist; creating it as a container", self.lock);
-                    let parents = CreateMode::Container.with_acls(self.connect.acl);
-                    match retry(self.client, || self.client.mkdir(self.lock, &parents)).await {
+                    match retry(self.client, || self.mkdir()).await {
                         Ok(()) => {}
                         Err(zookeeper_client::Error::NoNode) => {
                             bail!("cannot create {}: the chroot of the connect string does not exist", self.lock)
@@ -260,6 +259,20 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
         }
         Err(anyhow!("cannot create a lock node under {} after {CREATE_ATTEMPTS} attempts: {:?}", self.lock, last_err))
+    }
+
+    /// Creates the lock directory and its missing parents, as containers: the directory with
+    /// our ACL, the parents with our ACL and CREATE for anyone, so that other identities can
+    /// make lock directories of their own beside ours.
+    async fn mkdir(&self) -> Result<(), zookeeper_client::Error> {
+        let parent = &self.lock[..self.lock.rfind('/').unwrap_or(0)];
+        if !parent.is_empty() {
+            self.client.mkdir(parent, &CreateMode::Container.with_acls(self.connect.parents_acl)).await?;
+        }
+        match self.client.create(self.lock, &[], &CreateMode::Container.with_acls(self.connect.acl)).await {
+            Ok(_) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The server refused the ACL we asked for: `auth` ACLs need an identity it recognises.
@@ -533,7 +546,13 @@ impl<'a, C: Clock> Recipe<'a, C> {
                         .filter(|n| self.is_ours_by_name(n))
                         .map(|n| format!("{}/{n}", self.lock))
                         .collect(),
-                    Err(zookeeper_client::Error::NoNode | zookeeper_client::Error::SessionExpired) => vec![],
+                    // Not allowed to list it: not allowed to create in it either, so no node of
+                    // ours can be there.
+                    Err(
+                        zookeeper_client::Error::NoNode
+                        | zookeeper_client::Error::SessionExpired
+                        | zookeeper_client::Error::NoAuth,
+                    ) => vec![],
                     Err(e) => return Err(e).context("while looking for our lock node to delete"),
                 }
             }

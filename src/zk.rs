@@ -60,6 +60,18 @@ pub const AUTH_ENV: &str = "ZKLOCK_AUTH";
 static CREATOR_READ: [Acl; 2] =
     [Acl::new_const(Permission::ALL, "auth", ""), Acl::new_const(Permission::READ, "world", "anyone")];
 
+/// The parents zklock creates above a lock directory (`/locks` in `/locks/report`) under
+/// `creator`: ours, and anyone may create their own lock directories in them.
+static PARENTS_CREATOR: [Acl; 2] =
+    [Acl::new_const(Permission::ALL, "auth", ""), Acl::new_const(Permission::CREATE, "world", "anyone")];
+
+/// The same under `creator+read`: anyone may also read them.
+static PARENTS_CREATOR_READ: [Acl; 3] = [
+    Acl::new_const(Permission::ALL, "auth", ""),
+    Acl::new_const(Permission::READ, "world", "anyone"),
+    Acl::new_const(Permission::CREATE, "world", "anyone"),
+];
+
 /// How long closing the session may take before zklock exits anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -199,8 +211,11 @@ pub struct ConnectOptions {
     pub tls: Option<Tls>,
     /// The ACL policy in force (the default resolved).
     pub policy: AclPolicy,
-    /// The ACL of every node zklock creates.
+    /// The ACL of the lock nodes and lock directories zklock creates.
     pub acl: Acls<'static>,
+    /// The ACL of the parents it creates above a lock directory: `acl`, and anyone may create
+    /// (their own lock directories; deleting ours or joining it needs DELETE or CREATE on it).
+    pub parents_acl: Acls<'static>,
 }
 
 impl ConnectOptions {
@@ -226,10 +241,10 @@ impl ConnectOptions {
                 policy.name()
             );
         }
-        let acl = match policy {
-            AclPolicy::Open => Acls::anyone_all(),
-            AclPolicy::Creator => Acls::creator_all(),
-            AclPolicy::CreatorRead => Acls::new(&CREATOR_READ),
+        let (acl, parents_acl) = match policy {
+            AclPolicy::Open => (Acls::anyone_all(), Acls::anyone_all()),
+            AclPolicy::Creator => (Acls::creator_all(), Acls::new(&PARENTS_CREATOR)),
+            AclPolicy::CreatorRead => (Acls::new(&CREATOR_READ), Acls::new(&PARENTS_CREATOR_READ)),
         };
         Ok(ConnectOptions {
             connect: args.connect.clone(),
@@ -239,6 +254,7 @@ impl ConnectOptions {
             tls,
             policy,
             acl,
+            parents_acl,
         })
     }
 
