@@ -1,23 +1,23 @@
 //! zklock: run a command under a ZooKeeper lock, and stop it before anyone else can be granted
 //! the lock. See `../README.md` and `shared/design/safety.md` for the model.
 
-pub mod child;
+mod child;
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod deadline;
-pub mod delay;
+mod clock;
+mod config;
+mod deadline;
+mod delay;
 pub mod exit;
-pub mod lock;
+mod lock;
 mod logging;
-pub mod nodedata;
-pub mod queue;
-pub mod run;
-pub mod session;
-pub mod signals;
-pub mod status;
-pub mod supervise;
-pub mod zk;
+mod nodedata;
+mod queue;
+mod run;
+mod session;
+mod signals;
+mod status;
+mod supervise;
+mod zk;
 
 use std::time::{Instant, SystemTime};
 

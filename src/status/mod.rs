@@ -24,7 +24,6 @@ pub mod read;
 pub mod text;
 mod watch;
 
-pub use json::JSON_FORMAT;
 use model::{Contender, LockReport};
 use read::{find_locks, inspect, NoAuthOn};
 
