@@ -169,7 +169,11 @@ fn readme_exit_tables_are_the_type() {
         if std::env::var_os("ZKLOCK_UPDATE_DOCS").is_some() {
             readme = format!("{}{table}{}", &readme[..a], &readme[b..]);
         } else {
-            assert_eq!(&readme[a..b], table, "README's {marker} table is out of date; rewrite with ZKLOCK_UPDATE_DOCS=1");
+            assert_eq!(
+                &readme[a..b],
+                table,
+                "README's {marker} table is out of date; rewrite with ZKLOCK_UPDATE_DOCS=1"
+            );
         }
     }
     if std::env::var_os("ZKLOCK_UPDATE_DOCS").is_some() {

@@ -128,12 +128,14 @@ fn digest_creator_read_lets_others_see_the_lock_but_neither_delete_nor_queue() {
     let nodes = bob.children(&lock);
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     let node = format!("{lock}/{}", nodes[0]);
-    // The default with credentials is creator+read, on the node and on every parent created.
+    // The default with credentials is creator+read, on the node and the lock directory; the
+    // parent created above it also lets anyone create (their own lock directories).
     for path in [&node, &lock, &top] {
         let acl = bob.acl(path);
-        assert_eq!(acl.len(), 2, "{path}: {acl:?}");
+        assert_eq!(acl.len(), if path == &top { 3 } else { 2 }, "{path}: {acl:?}");
         assert!(acl.iter().any(|a| a.starts_with("digest:alice:") && a.ends_with("=ALL")), "{path}: {acl:?}");
         assert!(acl.contains(&"world:anyone=READ".to_string()), "{path}: {acl:?}");
+        assert_eq!(acl.contains(&"world:anyone=CREATE".to_string()), path == &top, "{path}: {acl:?}");
     }
 
     // Bob, and anyone, can see who holds it.
