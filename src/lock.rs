@@ -226,14 +226,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                         Err(zookeeper_client::Error::NoNode) => {
                             bail!("cannot create {}: the chroot of the connect string does not exist", self.lock)
                         }
-                        Err(zookeeper_client::Error::NoAuth) => {
-                            return Err(self
-                                .connect
-                                .not_authorised(self.client, self.lock, &format!("create {}", self.lock))
-                                .await)
-                        }
-                        Err(zookeeper_client::Error::InvalidAcl) => return Err(self.invalid_acl()),
-                        Err(e) => return Err(e).with_context(|| format!("cannot create {}", self.lock)),
+                        Err(e) => return Err(self.refused(e, &format!("create {}", self.lock)).await),
                     }
                     last_err = Some(zookeeper_client::Error::NoNode);
                 }
@@ -248,14 +241,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 Err(zookeeper_client::Error::NoChildrenForEphemerals) => {
                     bail!("cannot lock {}: it is an ephemeral node, which cannot have children", self.lock)
                 }
-                Err(zookeeper_client::Error::NoAuth) => {
-                    return Err(self
-                        .connect
-                        .not_authorised(self.client, self.lock, &format!("create a lock node under {}", self.lock))
-                        .await)
-                }
-                Err(zookeeper_client::Error::InvalidAcl) => return Err(self.invalid_acl()),
-                Err(e) => return Err(e).with_context(|| format!("cannot create a lock node under {}", self.lock)),
+                Err(e) => return Err(self.refused(e, &format!("create a lock node under {}", self.lock)).await),
             }
         }
         Err(anyhow!("cannot create a lock node under {} after {CREATE_ATTEMPTS} attempts: {:?}", self.lock, last_err))
@@ -272,6 +258,16 @@ impl<'a, C: Clock> Recipe<'a, C> {
         match self.client.create(self.lock, &[], &CreateMode::Container.with_acls(self.connect.acl)).await {
             Ok(_) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The error for a create of ours that failed with `e`: a refusal by an ACL names the
+    /// node and its ACL, a refused ACL says why; `doing` is what we tried, e.g. `create /locks`.
+    async fn refused(&self, e: zookeeper_client::Error, doing: &str) -> anyhow::Error {
+        match e {
+            zookeeper_client::Error::NoAuth => self.connect.not_authorised(self.client, self.lock, doing).await,
+            zookeeper_client::Error::InvalidAcl => self.invalid_acl(),
+            e => anyhow::Error::new(e).context(format!("cannot {doing}")),
         }
     }
 
