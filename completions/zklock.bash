@@ -111,7 +111,7 @@ _zklock() {
             return 0
             ;;
         zklock__subcmd__run)
-            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --tls-ca --tls-cert --tls-key --acl --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --lock-delay --kill-signal --limit --shared --write --timeout --min-hold --label --verbose --quiet --help --version"
+            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --tls-ca --tls-cert --tls-key --kerberos-service --acl --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --lock-delay --kill-signal --limit --shared --write --timeout --min-hold --label --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -146,6 +146,10 @@ _zklock() {
                     return 0
                     ;;
                 --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kerberos-service)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -213,7 +217,7 @@ _zklock() {
             return 0
             ;;
         zklock__subcmd__status)
-            opts="-z -o -r -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --tls-ca --tls-cert --tls-key --format --json --output --recursive --held-longer-than --waiting-longer-than --watch --verbose --quiet --help --version"
+            opts="-z -o -r -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --tls-ca --tls-cert --tls-key --kerberos-service --format --json --output --recursive --held-longer-than --waiting-longer-than --watch --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -248,6 +252,10 @@ _zklock() {
                     return 0
                     ;;
                 --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kerberos-service)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -34,10 +34,11 @@ complete -c zklock -n "__fish_zklock_needs_command" -f -a "help" -d 'Print this 
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s z -l zk -d 'ZooKeeper connect string: host:port[,host:port...][/chroot]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l session-timeout -d 'Requested session timeout; the server may negotiate another, which is what counts' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l connect-timeout -d 'Give up if no server answers within this long' -r
-complete -c zklock -n "__fish_zklock_using_subcommand run" -l auth-file -d 'Credentials in a file only its owner can read: digest:USER:PASSWORD or sasl-digest:USER:PASSWORD' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l auth-file -d 'Credentials in a file only its owner can read: digest:USER:PASSWORD, sasl-digest:USER:PASSWORD or kerberos' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l tls-ca -d 'CA certificate(s) (PEM) that signed the servers\' certificates; connects with TLS' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l tls-cert -d 'Client certificate (PEM) for mutual TLS; needs --tls-key' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l tls-key -d 'Private key (PEM) of --tls-cert' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l kerberos-service -d 'Kerberos: the servers\' principal, SERVICE or SERVICE/HOST [default: zookeeper/<each server\'s host>]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l acl -d 'ACL of the nodes zklock creates [default: creator+read with credentials, else open]' -r -f -a "open\t'Anyone may read, change and delete (world:anyone:cdrwa)'
 creator\t'Only our authenticated identity may read, change or delete (auth::cdrwa)'
 creator+read\t'Our identity may do everything, anyone may read: `zklock status` works for all'"
@@ -62,10 +63,11 @@ complete -c zklock -n "__fish_zklock_using_subcommand run" -s V -l version -d 'P
 complete -c zklock -n "__fish_zklock_using_subcommand status" -s z -l zk -d 'ZooKeeper connect string: host:port[,host:port...][/chroot]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l session-timeout -d 'Requested session timeout; the server may negotiate another, which is what counts' -r
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l connect-timeout -d 'Give up if no server answers within this long' -r
-complete -c zklock -n "__fish_zklock_using_subcommand status" -l auth-file -d 'Credentials in a file only its owner can read: digest:USER:PASSWORD or sasl-digest:USER:PASSWORD' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l auth-file -d 'Credentials in a file only its owner can read: digest:USER:PASSWORD, sasl-digest:USER:PASSWORD or kerberos' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-ca -d 'CA certificate(s) (PEM) that signed the servers\' certificates; connects with TLS' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-cert -d 'Client certificate (PEM) for mutual TLS; needs --tls-key' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-key -d 'Private key (PEM) of --tls-cert' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand status" -l kerberos-service -d 'Kerberos: the servers\' principal, SERVICE or SERVICE/HOST [default: zookeeper/<each server\'s host>]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l format -d 'Output format: a table for people, a versioned JSON document, or Prometheus\' text format' -r -f -a "text\t'A summary line and a table per lock (--recursive: a line per lock)'
 json\t'The versioned JSON document'
 prometheus\t'The Prometheus text exposition format, for node_exporter\'s textfile collector'"

@@ -75,9 +75,12 @@ pub const ENV_READ: DocSection = DocSection {
         ("ZKLOCK_ZK", "the connect string when -z/--zk is not given"),
         (
             "ZKLOCK_AUTH",
-            "credentials (digest:USER:PASSWORD or sasl-digest:USER:PASSWORD) when --auth-file is not given",
+            "credentials (digest:USER:PASSWORD, sasl-digest:USER:PASSWORD or kerberos) when --auth-file is not given",
         ),
         ("ZKLOCK_TLS_CA, ZKLOCK_TLS_CERT, ZKLOCK_TLS_KEY", "--tls-ca, --tls-cert and --tls-key when not given"),
+        ("ZKLOCK_KERBEROS_SERVICE", "--kerberos-service when not given"),
+        ("KRB5_CLIENT_KTNAME", "with kerberos credentials: the keytab to get tickets from (else the ticket cache)"),
+        ("KRB5CCNAME, KRB5_CONFIG", "with kerberos credentials: MIT Kerberos' ticket cache and configuration file"),
         ("ZKLOCK_LOCK_DELAY", "--lock-delay when not given"),
         ("ZKLOCK_LOG", "log filter overriding -v/-q, e.g. zklock=debug,zookeeper_client=info"),
     ]),
@@ -266,7 +269,7 @@ pub struct ConnectArgs {
     #[arg(long, default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
 
-    /// Credentials in a file only its owner can read: digest:USER:PASSWORD or sasl-digest:USER:PASSWORD
+    /// Credentials in a file only its owner can read: digest:USER:PASSWORD, sasl-digest:USER:PASSWORD or kerberos
     #[arg(long, value_name = "PATH", help_heading = "Security")]
     pub auth_file: Option<std::path::PathBuf>,
 
@@ -281,6 +284,10 @@ pub struct ConnectArgs {
     /// Private key (PEM) of --tls-cert
     #[arg(long, env = "ZKLOCK_TLS_KEY", value_name = "PEM", requires = "tls_cert", help_heading = "Security")]
     pub tls_key: Option<std::path::PathBuf>,
+
+    /// Kerberos: the servers' principal, SERVICE or SERVICE/HOST [default: zookeeper/<each server's host>]
+    #[arg(long, env = "ZKLOCK_KERBEROS_SERVICE", value_name = "SERVICE[/HOST]", help_heading = "Security")]
+    pub kerberos_service: Option<String>,
 }
 
 impl ConnectArgs {
@@ -295,6 +302,7 @@ impl ConnectArgs {
             tls_ca: self.tls_ca.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            kerberos_service: self.kerberos_service.clone(),
         }
     }
 }

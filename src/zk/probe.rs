@@ -287,6 +287,249 @@ fn probe(ep: &Endpoint, tls: Option<&Tls>, limit: Duration) -> Verdict {
     }
 }
 
+/// Kerberos: what MIT's GSSAPI library (`libgssapi_krb5`, which zookeeper-client's SASL
+/// GSSAPI uses) says about getting a ticket for a server. zookeeper-client only logs that error
+/// and reports the server as unreachable; this asks the library again, the same way (the
+/// default credentials, the Kerberos mechanism, a host-based service name), for the message.
+pub mod kerberos {
+    use std::ffi::c_void;
+    use std::ptr::{null, null_mut};
+
+    #[repr(C)]
+    struct Buffer {
+        length: usize,
+        value: *mut c_void,
+    }
+
+    #[repr(C)]
+    struct Oid {
+        length: u32,
+        elements: *const c_void,
+    }
+
+    #[repr(C)]
+    struct OidSet {
+        count: usize,
+        elements: *const Oid,
+    }
+
+    type Name = *mut c_void;
+    type Cred = *mut c_void;
+    type Ctx = *mut c_void;
+
+    #[link(name = "gssapi_krb5")]
+    extern "C" {
+        static GSS_C_NT_HOSTBASED_SERVICE: *const Oid;
+        fn gss_import_name(minor: *mut u32, name: *const Buffer, kind: *const Oid, out: *mut Name) -> u32;
+        fn gss_release_name(minor: *mut u32, name: *mut Name) -> u32;
+        fn gss_acquire_cred(
+            minor: *mut u32,
+            name: Name,
+            time: u32,
+            mechs: *const OidSet,
+            usage: i32,
+            out: *mut Cred,
+            actual: *mut *mut c_void,
+            time_rec: *mut u32,
+        ) -> u32;
+        fn gss_inquire_cred(
+            minor: *mut u32,
+            cred: Cred,
+            name: *mut Name,
+            lifetime: *mut u32,
+            usage: *mut i32,
+            mechs: *mut *mut c_void,
+        ) -> u32;
+        fn gss_display_name(minor: *mut u32, name: Name, out: *mut Buffer, kind: *mut *const Oid) -> u32;
+        fn gss_release_cred(minor: *mut u32, cred: *mut Cred) -> u32;
+        #[allow(clippy::too_many_arguments)]
+        fn gss_init_sec_context(
+            minor: *mut u32,
+            cred: Cred,
+            ctx: *mut Ctx,
+            target: Name,
+            mech: *const Oid,
+            flags: u32,
+            time: u32,
+            bindings: *const c_void,
+            input: *const Buffer,
+            actual_mech: *mut *const Oid,
+            output: *mut Buffer,
+            ret_flags: *mut u32,
+            time_rec: *mut u32,
+        ) -> u32;
+        fn gss_delete_sec_context(minor: *mut u32, ctx: *mut Ctx, output: *mut Buffer) -> u32;
+        fn gss_release_buffer(minor: *mut u32, buffer: *mut Buffer) -> u32;
+        fn gss_display_status(
+            minor: *mut u32,
+            status: u32,
+            kind: i32,
+            mech: *const Oid,
+            context: *mut u32,
+            out: *mut Buffer,
+        ) -> u32;
+    }
+
+    /// 1.2.840.113554.1.2.2, the Kerberos 5 mechanism.
+    const KRB5_MECH: [u8; 9] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
+    const GSS_C_INITIATE: i32 = 1;
+    const GSS_C_GSS_CODE: i32 = 1;
+    const GSS_C_MECH_CODE: i32 = 2;
+    const GSS_C_MUTUAL_FLAG: u32 = 2;
+    /// The routine-error and calling-error bits of a major status.
+    const GSS_ERROR_MASK: u32 = 0xffff_0000;
+
+    /// A refusal by the GSSAPI library: its status codes and its own words for them.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Failure {
+        /// The step that failed: `acquire` (our credentials) or `init` (the server's ticket).
+        pub step: &'static str,
+        pub major: u32,
+        /// The Kerberos error code (krb5's com_err table, e.g. -1765328377), or an errno.
+        pub minor: i32,
+        pub text: String,
+        /// Our principal, when the library found credentials (an expired ticket's, say).
+        pub principal: Option<String>,
+    }
+
+    /// What the credentials are: the client principal and how many seconds they stay valid.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Principal {
+        pub name: String,
+        pub lifetime: u32,
+    }
+
+    fn status_text(status: u32, kind: i32, mech: *const Oid) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut context = 0u32;
+        loop {
+            let (mut minor, mut buf) = (0u32, Buffer { length: 0, value: null_mut() });
+            // SAFETY: plain out-parameters; the buffer is released below.
+            let major = unsafe { gss_display_status(&mut minor, status, kind, mech, &mut context, &mut buf) };
+            if major & GSS_ERROR_MASK != 0 {
+                break;
+            }
+            if !buf.value.is_null() {
+                // SAFETY: the library returned `length` bytes at `value`.
+                let bytes = unsafe { std::slice::from_raw_parts(buf.value as *const u8, buf.length) };
+                let text = String::from_utf8_lossy(bytes).trim().to_owned();
+                if !text.is_empty() {
+                    out.push(text);
+                }
+                // SAFETY: a buffer the library allocated.
+                unsafe { gss_release_buffer(&mut minor, &mut buf) };
+            }
+            if context == 0 {
+                break;
+            }
+        }
+        out
+    }
+
+    fn failure(step: &'static str, major: u32, minor: u32, mech: *const Oid) -> Failure {
+        let mut words = status_text(major, GSS_C_GSS_CODE, null());
+        if minor != 0 {
+            words.extend(status_text(minor, GSS_C_MECH_CODE, mech));
+        }
+        Failure { step, major, minor: minor as i32, text: words.join(": "), principal: None }
+    }
+
+    /// Acquires our default Kerberos credentials (the ticket cache, or the client keytab named
+    /// by `KRB5_CLIENT_KTNAME`) and asks for a ticket for `service@host`, as zookeeper-client's
+    /// SASL GSSAPI does. Talks to the KDC; call off the async runtime.
+    pub fn check(service: &str, host: &str) -> Result<Principal, Failure> {
+        let mech = Oid { length: KRB5_MECH.len() as u32, elements: KRB5_MECH.as_ptr().cast() };
+        let mechs = OidSet { count: 1, elements: &mech };
+        let target_text = format!("{service}@{host}");
+        let target_buf = Buffer { length: target_text.len(), value: target_text.as_ptr() as *mut c_void };
+        let mut minor = 0u32;
+        let mut target: Name = null_mut();
+        // SAFETY: the buffer outlives the call; the name is released below.
+        let major = unsafe { gss_import_name(&mut minor, &target_buf, GSS_C_NT_HOSTBASED_SERVICE, &mut target) };
+        if major & GSS_ERROR_MASK != 0 {
+            return Err(failure("import", major, minor, &mech));
+        }
+        let mut cred: Cred = null_mut();
+        // SAFETY: out-parameters only; the credential is released below.
+        let major = unsafe {
+            gss_acquire_cred(&mut minor, null_mut(), 0, &mechs, GSS_C_INITIATE, &mut cred, null_mut(), null_mut())
+        };
+        let result = if major & GSS_ERROR_MASK != 0 {
+            Err(failure("acquire", major, minor, &mech))
+        } else {
+            let principal = inquire(cred);
+            let mut ctx: Ctx = null_mut();
+            let mut token = Buffer { length: 0, value: null_mut() };
+            // SAFETY: a live credential and name; the context and token are released below.
+            let major = unsafe {
+                gss_init_sec_context(
+                    &mut minor,
+                    cred,
+                    &mut ctx,
+                    target,
+                    &mech,
+                    GSS_C_MUTUAL_FLAG,
+                    0,
+                    null(),
+                    null(),
+                    null_mut(),
+                    &mut token,
+                    null_mut(),
+                    null_mut(),
+                )
+            };
+            let mut ignored = 0u32;
+            // SAFETY: releasing what the call above may have allocated.
+            unsafe {
+                if !token.value.is_null() {
+                    gss_release_buffer(&mut ignored, &mut token);
+                }
+                if !ctx.is_null() {
+                    gss_delete_sec_context(&mut ignored, &mut ctx, null_mut());
+                }
+            }
+            if major & GSS_ERROR_MASK != 0 {
+                let principal = Some(principal.name).filter(|n| !n.is_empty());
+                Err(Failure { principal, ..failure("init", major, minor, &mech) })
+            } else {
+                Ok(principal)
+            }
+        };
+        let mut ignored = 0u32;
+        // SAFETY: releasing the handles made above.
+        unsafe {
+            if !cred.is_null() {
+                gss_release_cred(&mut ignored, &mut cred);
+            }
+            gss_release_name(&mut ignored, &mut target);
+        }
+        result
+    }
+
+    fn inquire(cred: Cred) -> Principal {
+        let (mut minor, mut name, mut lifetime): (u32, Name, u32) = (0, null_mut(), 0);
+        // SAFETY: out-parameters of a live credential; the name is released below.
+        let major = unsafe { gss_inquire_cred(&mut minor, cred, &mut name, &mut lifetime, null_mut(), null_mut()) };
+        if major & GSS_ERROR_MASK != 0 || name.is_null() {
+            return Principal { name: String::new(), lifetime };
+        }
+        let mut buf = Buffer { length: 0, value: null_mut() };
+        // SAFETY: a live name; the buffer is released below.
+        let major = unsafe { gss_display_name(&mut minor, name, &mut buf, null_mut()) };
+        let mut text = String::new();
+        if major & GSS_ERROR_MASK == 0 && !buf.value.is_null() {
+            // SAFETY: the library returned `length` bytes at `value`.
+            let bytes = unsafe { std::slice::from_raw_parts(buf.value as *const u8, buf.length) };
+            text = String::from_utf8_lossy(bytes).into_owned();
+            // SAFETY: a buffer the library allocated.
+            unsafe { gss_release_buffer(&mut minor, &mut buf) };
+        }
+        // SAFETY: the name made by gss_inquire_cred.
+        unsafe { gss_release_name(&mut minor, &mut name) };
+        Principal { name: text, lifetime }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

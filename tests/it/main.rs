@@ -3,6 +3,7 @@ mod docs;
 mod faults;
 mod harness_smoke;
 mod interop;
+mod kerberos;
 mod modes;
 mod monitor;
 mod random;

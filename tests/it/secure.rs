@@ -87,7 +87,7 @@ fn credentials_must_be_private_and_well_formed_and_nothing_is_created_otherwise(
         (vec!["--auth-file".into(), shown.display().to_string()], None, "is readable by group or others (mode 644)"),
         (vec!["--auth-file".into(), group.display().to_string()], None, "chmod 600"),
         (vec!["--auth-file".into(), no_password.display().to_string()], None, "expected SCHEME:USER:PASSWORD"),
-        (vec!["--auth-file".into(), kerberos.display().to_string()], None, "unknown scheme 'kerberos'"),
+        (vec!["--auth-file".into(), kerberos.display().to_string()], None, "write just 'kerberos'"),
         (vec!["--auth-file".into(), empty.display().to_string()], None, "holds no credentials"),
         (vec!["--auth-file".into(), two.display().to_string()], None, "holds 2 credential lines"),
         (vec!["--auth-file".into(), dir.path().join("missing").display().to_string()], None, "cannot read --auth-file"),

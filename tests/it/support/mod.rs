@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod freeze;
+pub mod kerberos;
 pub mod proxy;
 pub mod secure;
 mod spawner;
