@@ -368,13 +368,15 @@ impl<'a, C: Clock> Recipe<'a, C> {
     }
 
     /// Reads the data of the holders ahead of us that we know nothing of yet (one round
-    /// trip), to learn what each demands if it vanishes. Failures are left unknown: a vanished
-    /// node we know nothing of demands our own lock-delay.
-    async fn learn_holders(&self, turn: &Turn) {
+    /// trip), to learn what each demands if it vanishes; the node we are about to watch is
+    /// read by the watch itself. Failures are left unknown: a vanished node we know nothing of
+    /// demands our own lock-delay.
+    async fn learn_holders(&self, turn: &Turn, watched: &Watch) {
         let unknown: Vec<String> = crate::queue::holders(&turn.queue)
             .into_iter()
             .filter(|&i| i < turn.pos)
             .map(|i| turn.queue[i].name.clone())
+            .filter(|name| !matches!(watched, Watch::Node(w) if w == name))
             .filter(|name| !self.known.borrow().contains_key(name))
             .take(MAX_DATA_READS)
             .collect();
@@ -435,7 +437,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
             waited = true;
             before = self.excluding_ahead(&turn);
-            self.learn_holders(&turn).await;
+            self.learn_holders(&turn, &watch).await;
             match watch {
                 Watch::Node(predecessor) => {
                     self.watch_until_gone(node, &predecessor, next_in_line, &confirmed, pace.heartbeat).await?
