@@ -359,11 +359,11 @@ impl<'a, C: Clock> Recipe<'a, C> {
     }
 
     /// The nodes ahead of ours that exclude us: every one, but for a reader only writers.
-    fn excluding_ahead(&self, turn: &Turn) -> Vec<String> {
+    fn excluding_ahead(&self, turn: &Turn) -> Vec<Contender> {
         turn.queue[..turn.pos]
             .iter()
             .filter(|c| self.mode != Mode::Read || c.kind.mode().excludes_all())
-            .map(|c| c.name.clone())
+            .cloned()
             .collect()
     }
 
@@ -406,8 +406,8 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let mut told = usize::MAX;
         let confirmed = Cell::new(node.created);
         // The nodes that excluded us at the previous listing: one of them gone without a clean
-        // release when we proceed is a holder that may still run, frozen.
-        let mut before: Vec<String> = Vec::new();
+        // release when we proceed, if it could have held, is a holder that may still run, frozen.
+        let mut before: Vec<Contender> = Vec::new();
         loop {
             // The check is sent at once; the listing sent after it is answered after it.
             let stale = self.clock.now() >= confirmed.get().at() + pace.recheck_after;
@@ -420,8 +420,12 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
             let (watch, next_in_line, ahead) = match &turn.verdict {
                 Verdict::Proceed => {
-                    let now: Vec<&str> = turn.queue.iter().map(|c| c.name.as_str()).collect();
-                    let gone: Vec<String> = before.into_iter().filter(|n| !now.contains(&n.as_str())).collect();
+                    let gone: Vec<String> = before
+                        .into_iter()
+                        .filter(|b| !turn.queue.iter().any(|c| c.name == b.name))
+                        .filter(|b| crate::delay::could_have_held(&turn.queue, b))
+                        .map(|b| b.name)
+                        .collect();
                     let delay =
                         crate::delay::due(&gone, &self.dir.borrow().released, &self.known.borrow(), self.lock_delay);
                     return Ok(Acquired::Yes { waited, confirmed: confirmed.get(), delay });
