@@ -9,10 +9,14 @@
 
 use std::time::{Duration, Instant};
 
-use crate::faults::history::Event;
-use crate::faults::{serial, Bed};
-use crate::support::freeze::{guard_of, pgid_of};
-use crate::support::{shared_zk, unique_lock_path};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::faults::history::{check, Bound, Event, Hold, Report, Run};
+use crate::faults::{addr, serial, settle, verify, Bed, Zklock};
+use crate::support::freeze::{guard_of, pgid_of, WholeHolder};
+use crate::support::proxy::{expire_session, Mode, Proxy};
+use crate::support::{shared_zk, unique_lock_path, wait_until, ZkServer};
 use crate::util::{alive, output, read_pid, run_shared, stderr, wait_status, Zk, PATIENCE};
 
 /// Prepended to the history script by [`with_grandchild`]: a background subshell (a grandchild
@@ -68,6 +72,349 @@ pub(crate) fn watch_group_until_start(bed: &Bed, pgid: u32, id: &str) -> (Event,
         assert!(Instant::now() < until, "'{id} start' not in the history after {PATIENCE:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The line with which a contender says it waits the lock-delay.
+fn delay_line(stderr: &str) -> Option<&str> {
+    stderr.lines().find(|l| l.contains("vanished without a clean release") || l.contains("lock-delay"))
+}
+
+fn assert_delayed(who: &Zklock) {
+    let err = who.stderr();
+    let line = delay_line(&err).unwrap_or_else(|| panic!("{} did not wait the lock-delay:\n{err}", who.id));
+    assert!(line.contains("vanished without a clean release") && line.contains("lock-delay"), "{line}");
+}
+
+/// `next`'s command started at `started`, with no lock-delay, soon after the lock was freed
+/// at `freed` (by a release that cost no delay). The holders' lock-delay is 20 s, so a wrong
+/// delay is unmistakable; 10 s is a wide margin, not a speed.
+fn assert_not_delayed(stage: &str, next: &Zklock, freed: u64, started: u64) {
+    let err = next.stderr();
+    assert!(delay_line(&err).is_none(), "{stage}: {} waited a lock-delay:\n{err}", next.id);
+    let after = Duration::from_nanos(started.saturating_sub(freed));
+    assert!(after < Duration::from_secs(10), "{stage}: {} started {after:?} after the lock was freed:\n{err}", next.id);
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+const T: &str = "4s";
+
+/// The whole holder (zklock, its guard, the command's group with a grandchild) frozen for
+/// 6.5 s, T < 6.5 s, with a waiter queued; both run with `--lock-delay lock_delay`. The thaw
+/// continues the command's group first (a host thaws in no order of ours) and waits until
+/// it shows life, then the guard and zklock. Returns the checker's report and the waiter's
+/// start, the first instant the holder's group was seen gone, when its node was seen gone,
+/// and the waiter.
+fn whole_holder_frozen_past_the_session(
+    lock: &str,
+    lock_delay: &str,
+) -> (Report, Bed, Event, Option<u64>, u64, Zklock) {
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let bed = Bed::new();
+    let opts = ["-v", "--session-timeout", T, "--lock-delay", lock_delay];
+    let holder_opts = with_grandchild(&bed, "holder", lock, &opts);
+    let mut holder =
+        bed.spawn("holder", &server.connect_string(), server.tick(), lock, &strs(&holder_opts), bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    grandchild_of(&bed, "holder");
+    let pgid = bed.history.commands()["holder"].pid as u32;
+    let holder_node = zk.wait_children(lock, 1).remove(0);
+    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts, Hold::Beats(3));
+    zk.wait_children(lock, 2);
+
+    bed.history.note("test", "freeze the whole holder");
+    let frozen = WholeHolder::freeze(holder.pid(), pgid);
+    let since = Instant::now();
+    // The fault's length, watching for the moment the server hands the lock on.
+    let mut vanished = None;
+    while since.elapsed() < Duration::from_millis(6_500) {
+        if vanished.is_none() && !zk.children(lock).contains(&holder_node) {
+            vanished = Some(bed.history.note("test", "holder's node gone"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let vanished = vanished.expect("the server did not expire the frozen holder's session in 6.5 s");
+    let thawing = bed.history.note("test", "thaw the command's group");
+    killpg(Pid::from_raw(pgid as i32), Signal::SIGCONT).unwrap();
+    wait_until(PATIENCE, "the thawed command to show life", || {
+        bed.history.events().iter().any(|e| e.id == "holder" && e.kind == "beat" && e.ts > thawing)
+    });
+    bed.history.note("test", "thaw the guard and zklock");
+    frozen.thaw();
+    let (waiter_start, gone) = watch_group_until_start(&bed, pgid, "waiter");
+
+    let runs = [Run::new("holder", holder.wait(), &[124]), Run::new("waiter", waiter.wait(), &[0])];
+    let leaked = settle(&zk, lock, PATIENCE);
+    let report = check(&bed.history.events(), &runs, &leaked);
+    (report, bed, waiter_start, gone, vanished, waiter)
+}
+
+/// Scenario 11: the whole holder frozen for T < 6.5 s < T + lock-delay (6 s). The server hands
+/// the lock on, but the waiter starts its command only after the lock-delay, and by then the
+/// thawed holder's command (its whole group) is dead: no overlap, nothing excused.
+#[test]
+fn whole_holder_frozen_for_less_than_t_plus_the_lock_delay_is_dead_before_the_waiter_starts() {
+    let _turn = serial();
+    let (report, bed, waiter_start, gone, vanished, waiter) =
+        whole_holder_frozen_past_the_session("/safety/whole-frozen", "6s");
+    report.assert_ok(&bed.history);
+    let gone = gone.expect("the holder's group was never seen gone");
+    assert!(gone < waiter_start.ts, "the holder's group was still alive when the waiter started");
+    let cmds = bed.history.commands();
+    assert!(cmds["holder"].last < waiter_start.ts);
+    assert!(cmds["waiter"].token > cmds["holder"].token);
+    assert_delayed(&waiter);
+    let delay = Duration::from_nanos(waiter_start.ts.saturating_sub(vanished));
+    assert!(delay >= Duration::from_millis(5_900), "the waiter started {delay:?} after the holder's node vanished");
+}
+
+/// The same run without a lock-delay: the waiter starts while the holder is frozen, and the
+/// thawed command shows life after it started: the checker finds the overlap that the delay
+/// prevents.
+#[test]
+fn whole_holder_frozen_past_the_session_without_a_lock_delay_overlaps_the_waiter() {
+    let _turn = serial();
+    let (report, bed, _, _, _, _) = whole_holder_frozen_past_the_session("/safety/whole-frozen-no-delay", "0s");
+    assert_eq!(report.overlaps.len(), 1, "{}\n{}", report.describe(), bed.history.dump());
+    assert!(
+        report.token_errors.is_empty() && report.leaked.is_empty() && report.unexpected_exits.is_empty(),
+        "{}\n{}",
+        report.describe(),
+        bed.history.dump()
+    );
+    let cmds = bed.history.commands();
+    assert!(cmds["waiter"].token > cmds["holder"].token);
+}
+
+/// A waiter through a proxy, its session expired from outside: refused reconnects until the
+/// session is closed, so it cannot re-attach first. Returns the time just before the expiry.
+fn expire_through(bed: &Bed, proxy: &Proxy, server: &ZkServer) -> u64 {
+    let session = proxy.wait_session(PATIENCE);
+    proxy.set_mode(Mode::Refuse);
+    let expiring = bed.history.note("test", &format!("expire session {:#x}", session.id));
+    expire_session(addr(server.port()), &session).expect("expire the session");
+    bed.history.note("test", "expired");
+    proxy.set_mode(Mode::Pass);
+    expiring
+}
+
+fn wait_queued(z: &Zklock) {
+    wait_until(PATIENCE, &format!("{} to queue", z.id), || z.stderr().contains("waiting for"));
+}
+
+/// No lock-delay where the lock was freed cleanly, with every holder's lock-delay 20 s: after
+/// the holder's own release; after a waiter that gave up (`--wait`) and one whose session
+/// expired while it only waited, both ahead of the next holder (exclusive: the next waits on
+/// for the holder), and both as the writer ahead of a reader that they let in at once.
+#[test]
+fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_while_waiting() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let connect = server.connect_string();
+    let tick = server.tick();
+    let opts = ["-v", "--session-timeout", T, "--lock-delay", "20s"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { opts.iter().chain(extra).copied().collect() };
+    let cmd = |bed: &Bed, id: &str| bed.history.commands()[id].clone();
+
+    // The holder's own release.
+    let (bed, lock) = (Bed::new(), "/safety/clean/release");
+    let mut holder = bed.spawn("holder", &connect, tick, lock, &opts, bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut next = bed.spawn("next", &connect, tick, lock, &opts, Hold::Beats(3));
+    zk.wait_children(lock, 2);
+    bed.release("h.go");
+    let runs = [Run::new("holder", holder.wait(), &[0]), Run::new("next", next.wait(), &[0])];
+    verify(&bed, &zk, lock, &runs);
+    assert_not_delayed("clean release", &next, cmd(&bed, "holder").last, cmd(&bed, "next").start);
+
+    // A waiter that gave up, then the holder's release.
+    let (bed, lock) = (Bed::new(), "/safety/clean/gave-up");
+    let mut holder = bed.spawn("holder", &connect, tick, lock, &opts, bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut quitter = bed.spawn("quitter", &connect, tick, lock, &with(&["--wait", "2s"]), Hold::Beats(3));
+    zk.wait_children(lock, 2);
+    let mut next = bed.spawn("next", &connect, tick, lock, &opts, Hold::Beats(3));
+    zk.wait_children(lock, 3);
+    let quitter_code = quitter.wait();
+    bed.release("h.go");
+    let runs = [
+        Run::new("holder", holder.wait(), &[0]),
+        Run::new("quitter", quitter_code, &[75]),
+        Run::new("next", next.wait(), &[0]),
+    ];
+    verify(&bed, &zk, lock, &runs);
+    assert_not_delayed("a waiter gave up", &next, cmd(&bed, "holder").last, cmd(&bed, "next").start);
+
+    // A waiter whose session expired while it waited (it queues again at the end), then the
+    // holder's release.
+    let (bed, lock) = (Bed::new(), "/safety/clean/expired-waiter");
+    let proxy = Proxy::to_port("expired", server.port());
+    let mut holder = bed.spawn("holder", &connect, tick, lock, &opts, bed.until("h.go"));
+    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut expired = bed.spawn("expired", &proxy.connect_string(), tick, lock, &opts, Hold::Beats(3));
+    wait_queued(&expired);
+    let mut next = bed.spawn("next", &connect, tick, lock, &opts, Hold::Beats(3));
+    zk.wait_children(lock, 3);
+    expire_through(&bed, &proxy, &server);
+    wait_until(PATIENCE, "the expired waiter to queue again", || expired.stderr().contains("queueing again"));
+    bed.release("h.go");
+    let runs = [
+        Run::new("holder", holder.wait(), &[0]),
+        Run::new("next", next.wait(), &[0]),
+        Run::new("expired", expired.wait(), &[0]),
+    ];
+    verify(&bed, &zk, lock, &runs);
+    assert_not_delayed("a waiter expired", &next, cmd(&bed, "holder").last, cmd(&bed, "next").start);
+    assert_not_delayed("after the next holder", &expired, cmd(&bed, "next").last, cmd(&bed, "expired").start);
+
+    // Readers: a writer that gave up waiting lets the reader behind it in at once.
+    let (bed, lock) = (Bed::new(), "/safety/clean/rw-gave-up");
+    let shared = with(&["--shared"]);
+    let mut reader = bed.spawn("reader", &connect, tick, lock, &shared, bed.until("r.go"));
+    bed.history.wait_event("reader", "start", PATIENCE);
+    let mut writer = bed.spawn("writer", &connect, tick, lock, &with(&["--write", "--wait", "2s"]), Hold::Beats(3));
+    zk.wait_children(lock, 2);
+    let mut next = bed.spawn("next", &connect, tick, lock, &shared, Hold::Beats(3));
+    zk.wait_children(lock, 3);
+    let writer_code = writer.wait();
+    let gave_up = bed.history.events().iter().rfind(|e| e.id == "writer" && e.kind == "zklock-exit").unwrap().ts;
+    let next_start = bed.history.wait_event("next", "start", PATIENCE).ts;
+    bed.release("r.go");
+    let runs = [
+        Run::new("reader", reader.wait(), &[0]).on(lock, Bound::Reader),
+        Run::new("writer", writer_code, &[75]).on(lock, Bound::Alone),
+        Run::new("next", next.wait(), &[0]).on(lock, Bound::Reader),
+    ];
+    verify(&bed, &zk, lock, &runs);
+    assert_not_delayed("a writer gave up", &next, gave_up, next_start);
+
+    // Readers: a writer whose session expired while it waited lets the reader behind it in.
+    let (bed, lock) = (Bed::new(), "/safety/clean/rw-expired");
+    let proxy = Proxy::to_port("writer", server.port());
+    let mut reader = bed.spawn("reader", &connect, tick, lock, &shared, bed.until("r.go"));
+    bed.history.wait_event("reader", "start", PATIENCE);
+    let mut writer = bed.spawn("writer", &proxy.connect_string(), tick, lock, &with(&["--write"]), Hold::Beats(3));
+    wait_queued(&writer);
+    let mut next = bed.spawn("next", &connect, tick, lock, &shared, Hold::Beats(3));
+    zk.wait_children(lock, 3);
+    let expiring = expire_through(&bed, &proxy, &server);
+    let next_start = bed.history.wait_event("next", "start", PATIENCE).ts;
+    bed.release("r.go");
+    let runs = [
+        Run::new("reader", reader.wait(), &[0]).on(lock, Bound::Reader),
+        Run::new("writer", writer.wait(), &[0]).on(lock, Bound::Alone),
+        Run::new("next", next.wait(), &[0]).on(lock, Bound::Reader),
+    ];
+    verify(&bed, &zk, lock, &runs);
+    assert_not_delayed("a writer expired", &next, expiring, next_start);
+}
+
+/// `--limit 2`, one holder's session expired from outside: the waiter that takes its slot
+/// waits the expired holder's lock-delay (the default, T); the next waiter, which takes the
+/// slot of the holder that released cleanly (lock-delay 20 s), does not.
+#[test]
+fn limit_2_only_the_waiter_taking_the_expired_holders_slot_is_delayed() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let proxy = Proxy::to_port("expired", server.port());
+    let bed = Bed::new();
+    let lock = "/safety/limit";
+    let (connect, tick) = (server.connect_string(), server.tick());
+    let opts = ["-v", "--session-timeout", T, "--limit", "2"];
+    let clean: Vec<&str> = opts.iter().chain(&["--lock-delay", "20s"]).copied().collect();
+    let mut expired = bed.spawn("expired", &proxy.connect_string(), tick, lock, &opts, bed.until("e.go"));
+    let mut clean_holder = bed.spawn("clean", &connect, tick, lock, &clean, bed.until("c.go"));
+    bed.history.wait_event("expired", "start", PATIENCE);
+    bed.history.wait_event("clean", "start", PATIENCE);
+    let mut first = bed.spawn("first", &connect, tick, lock, &opts, bed.until("f.go"));
+    zk.wait_children(lock, 3);
+    let mut second = bed.spawn("second", &connect, tick, lock, &opts, Hold::Beats(3));
+    zk.wait_children(lock, 4);
+
+    let expiring = expire_through(&bed, &proxy, &server);
+    let first_start = bed.history.wait_event("first", "start", PATIENCE).ts;
+    let expired_code = expired.wait();
+    bed.release("c.go");
+    let clean_code = clean_holder.wait();
+    let second_start = bed.history.wait_event("second", "start", PATIENCE).ts;
+    bed.release("f.go");
+
+    let runs = [
+        Run::new("expired", expired_code, &[124]).on(lock, Bound::Limit(2)).excused(expiring, u64::MAX),
+        Run::new("clean", clean_code, &[0]).on(lock, Bound::Limit(2)),
+        Run::new("first", first.wait(), &[0]).on(lock, Bound::Limit(2)),
+        Run::new("second", second.wait(), &[0]).on(lock, Bound::Limit(2)),
+    ];
+    verify(&bed, &zk, lock, &runs);
+    let cmds = bed.history.commands();
+    assert!(cmds["expired"].last < first_start, "the expired holder's command ran into its successor's");
+    assert_delayed(&first);
+    let delay = Duration::from_nanos(first_start.saturating_sub(expiring));
+    assert!(delay >= Duration::from_millis(3_900), "the first waiter started {delay:?} after the expiry");
+    assert_not_delayed("limit 2, clean slot", &second, cmds["clean"].last, second_start);
+}
+
+/// Readers and a writer behind them: the last reader's session expired from outside, so the
+/// writer waits its lock-delay (the default, T); when every reader released cleanly (lock-delay
+/// 20 s), the writer is not delayed.
+#[test]
+fn a_writer_waits_the_lock_delay_after_a_reader_expired_but_not_after_readers_released() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let (connect, tick) = (server.connect_string(), server.tick());
+    let opts = ["-v", "--session-timeout", T];
+    let shared: Vec<&str> = opts.iter().chain(&["--shared"]).copied().collect();
+    let shared_clean: Vec<&str> = shared.iter().chain(&["--lock-delay", "20s"]).copied().collect();
+    let write: Vec<&str> = opts.iter().chain(&["--write"]).copied().collect();
+
+    // One reader released, the other (the last) expired.
+    let (bed, lock) = (Bed::new(), "/safety/rw/expired");
+    let proxy = Proxy::to_port("expired", server.port());
+    let mut expired = bed.spawn("expired", &proxy.connect_string(), tick, lock, &shared, bed.until("e.go"));
+    let mut clean = bed.spawn("clean", &connect, tick, lock, &shared_clean, bed.until("c.go"));
+    bed.history.wait_event("expired", "start", PATIENCE);
+    bed.history.wait_event("clean", "start", PATIENCE);
+    let mut writer = bed.spawn("writer", &connect, tick, lock, &write, Hold::Beats(3));
+    zk.wait_children(lock, 3);
+    bed.release("c.go");
+    let clean_code = clean.wait();
+    let expiring = expire_through(&bed, &proxy, &server);
+    let writer_start = bed.history.wait_event("writer", "start", PATIENCE).ts;
+    let runs = [
+        Run::new("expired", expired.wait(), &[124]).on(lock, Bound::Reader).excused(expiring, u64::MAX),
+        Run::new("clean", clean_code, &[0]).on(lock, Bound::Reader),
+        Run::new("writer", writer.wait(), &[0]).on(lock, Bound::Alone),
+    ];
+    verify(&bed, &zk, lock, &runs);
+    assert!(bed.history.commands()["expired"].last < writer_start);
+    assert_delayed(&writer);
+    let delay = Duration::from_nanos(writer_start.saturating_sub(expiring));
+    assert!(delay >= Duration::from_millis(3_900), "the writer started {delay:?} after the expiry");
+
+    // Both readers released.
+    let (bed, lock) = (Bed::new(), "/safety/rw/released");
+    let mut r1 = bed.spawn("r1", &connect, tick, lock, &shared_clean, bed.until("r1.go"));
+    let mut r2 = bed.spawn("r2", &connect, tick, lock, &shared_clean, bed.until("r2.go"));
+    bed.history.wait_event("r1", "start", PATIENCE);
+    bed.history.wait_event("r2", "start", PATIENCE);
+    let mut writer = bed.spawn("writer", &connect, tick, lock, &write, Hold::Beats(3));
+    zk.wait_children(lock, 3);
+    bed.release("r1.go");
+    bed.release("r2.go");
+    let runs = [
+        Run::new("r1", r1.wait(), &[0]).on(lock, Bound::Reader),
+        Run::new("r2", r2.wait(), &[0]).on(lock, Bound::Reader),
+        Run::new("writer", writer.wait(), &[0]).on(lock, Bound::Alone),
+    ];
+    verify(&bed, &zk, lock, &runs);
+    let cmds = bed.history.commands();
+    assert_not_delayed("readers released", &writer, cmds["r1"].last.max(cmds["r2"].last), cmds["writer"].start);
 }
 
 /// The kinds of the descriptors `pid` holds (`pipe`, `socket`, `anon_inode:[timerfd]`, a
