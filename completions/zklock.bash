@@ -111,7 +111,7 @@ _zklock() {
             return 0
             ;;
         zklock__subcmd__run)
-            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --acl --tls-ca --tls-cert --tls-key --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --kill-signal --limit --shared --write --timeout --min-hold --label --verbose --quiet --help --version"
+            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --acl --tls-ca --tls-cert --tls-key --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --lock-delay --kill-signal --limit --shared --write --timeout --min-hold --label --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -178,6 +178,10 @@ _zklock() {
                     return 0
                     ;;
                 --grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-delay)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

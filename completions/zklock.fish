@@ -46,6 +46,7 @@ complete -c zklock -n "__fish_zklock_using_subcommand run" -s w -l wait -d 'Give
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit status when --no-wait or --wait gives up' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l disconnect-threshold -d 'Time without a leader-confirmed heartbeat before the stop signal [default: derived from the safety budget]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l grace -d 'Time between the stop signal and SIGKILL [default: 30% of the budget, at most 5s]' -r
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l lock-delay -d 'After a holder vanished without a clean release (session expired, node deleted), wait this long before starting the command; 0s: never [default: the negotiated session timeout]' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l kill-signal -d 'Signal that stops the command when the lock is lost: TERM, SIGTERM or 15' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l limit -d 'At most N commands hold the lock at once (a semaphore); every participant must give the same N' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l timeout -d 'Stop the command (stop signal, grace, SIGKILL) once it has held the lock this long, and exit 123' -r

@@ -62,6 +62,7 @@ pub const ENV_READ: DocSection = DocSection {
             "credentials (digest:USER:PASSWORD or sasl-digest:USER:PASSWORD) when --auth-file is not given",
         ),
         ("ZKLOCK_TLS_CA, ZKLOCK_TLS_CERT, ZKLOCK_TLS_KEY", "--tls-ca, --tls-cert and --tls-key when not given"),
+        ("ZKLOCK_LOCK_DELAY", "--lock-delay when not given"),
         ("ZKLOCK_LOG", "log filter overriding -v/-q, e.g. zklock=debug,zookeeper_client=info"),
     ],
 };
@@ -332,6 +333,10 @@ pub struct RunArgs {
     /// Time between the stop signal and SIGKILL [default: 30% of the budget, at most 5s]
     #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION", help_heading = "Safety")]
     pub grace: Option<Duration>,
+
+    /// After a holder vanished without a clean release (session expired, node deleted), wait this long before starting the command; 0s: never [default: the negotiated session timeout]
+    #[arg(long, env = "ZKLOCK_LOCK_DELAY", value_parser = parse_duration, value_name = "DURATION", help_heading = "Safety")]
+    pub lock_delay: Option<Duration>,
 
     /// Signal that stops the command when the lock is lost: TERM, SIGTERM or 15
     #[arg(long, default_value = "TERM", value_parser = parse_signal, value_name = "SIGNAL", help_heading = "Safety")]

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod deadline;
+pub mod delay;
 pub mod exit;
 pub mod lock;
 mod logging;

@@ -9,7 +9,8 @@
 //! 4. A child name we cannot classify is an error, never ignored.
 //! 5. Release: delete our node and await the reply (the caller does this after the child is gone).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
@@ -21,14 +22,43 @@ use zookeeper_client::{Client, CreateMode, EventType};
 use crate::zk::{self, is_connection_failure, retry, wait_connected, Confirmed, ConnectOptions};
 
 use crate::clock::Clock;
+use crate::delay::{NodeDelay, Released};
+use crate::nodedata::NodeData;
 use crate::queue::{verdict, Contender, Mode, Verdict, Watch, PROTECTED_PREFIX};
 
 /// How many times a NoNode on create (a container parent reaped under us) is retried.
 const CREATE_ATTEMPTS: usize = 10;
 
 /// A listing of the lock directory already sent, its reply still to come.
-pub type Listing<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Vec<String>, zookeeper_client::Error>> + Send + 'a>>;
+pub type Listing<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Listed, zookeeper_client::Error>> + Send + 'a>>;
+
+/// One listing of the lock directory: its children, and its data (the [`Released`] record) and
+/// data version, read right after them.
+pub struct Listed {
+    children: Vec<String>,
+    dir: Option<(Vec<u8>, i32)>,
+}
+
+/// Our place in the queue, from one listing.
+struct Turn {
+    verdict: Verdict,
+    queue: Vec<Contender>,
+    pos: usize,
+}
+
+/// What the recipe last read of the lock directory's data.
+#[derive(Default)]
+struct Dir {
+    released: Released,
+    /// Its data version, for the conditional write of a release; `None` before any read.
+    version: Option<i32>,
+}
+
+/// How many nodes' data a waiter reads at once to learn their lock-delay.
+const MAX_DATA_READS: usize = 64;
+
+/// How often a release retries when other releases change the record under it.
+const RELEASE_ATTEMPTS: usize = 8;
 
 /// The children of a lock directory in queue order; a name we cannot classify is an error
 /// naming it.
@@ -95,7 +125,9 @@ pub enum Acquired {
     /// The lock is ours. `waited` says whether we had to wait for a predecessor; `confirmed`
     /// is the latest send time of a request on our node that the leader confirmed (our create,
     /// or a check): a `t_ok`.
-    Yes { waited: bool, confirmed: Confirmed },
+    /// `delay`: a node ahead of us vanished without a clean release; wait this long (its
+    /// lock-delay, the node named) before starting the command.
+    Yes { waited: bool, confirmed: Confirmed, delay: Option<(Duration, String)> },
     /// `--no-wait` found the lock held by `ahead` contenders.
     Held { ahead: usize },
 }
@@ -119,11 +151,44 @@ pub struct Recipe<'a, C: Clock> {
     /// The ACL of the nodes this recipe creates (our lock node and missing parents), and who
     /// we are, for messages.
     connect: &'a ConnectOptions,
+    /// Our own `--lock-delay`: assumed for a vanished node whose data we never read.
+    lock_delay: Duration,
+    dir: RefCell<Dir>,
+    /// What nodes we read demand if they vanish, by name.
+    known: RefCell<HashMap<String, NodeDelay>>,
 }
 
 impl<'a, C: Clock> Recipe<'a, C> {
-    pub fn new(client: &'a Client, lock: &'a str, mode: Mode, connect: &'a ConnectOptions, clock: C) -> Self {
-        Recipe { client, lock, uuid: uuid::Uuid::new_v4().hyphenated().to_string(), clock, mode, connect }
+    pub fn new(
+        client: &'a Client,
+        lock: &'a str,
+        mode: Mode,
+        connect: &'a ConnectOptions,
+        lock_delay: Duration,
+        clock: C,
+    ) -> Self {
+        Recipe {
+            client,
+            lock,
+            uuid: uuid::Uuid::new_v4().hyphenated().to_string(),
+            clock,
+            mode,
+            connect,
+            lock_delay,
+            dir: RefCell::default(),
+            known: RefCell::default(),
+        }
+    }
+
+    /// Lists the lock directory and reads its data right behind (one round trip).
+    fn list(&self) -> Listing<'a> {
+        let children = self.client.list_children(self.lock);
+        let dir = self.client.get_data(self.lock);
+        Box::pin(async move {
+            let children = children.await?;
+            let dir = dir.await.ok().map(|(data, stat)| (data, stat.version));
+            Ok(Listed { children, dir })
+        })
     }
 
     fn prefix(&self) -> String {
@@ -146,13 +211,13 @@ impl<'a, C: Clock> Recipe<'a, C> {
         for _ in 0..CREATE_ATTEMPTS {
             let options = CreateMode::EphemeralSequential.with_acls(self.connect.acl);
             let creating = zk::through_leader(&self.clock, || self.client.create(&prefix, data, &options));
-            let listing = self.client.list_children(self.lock);
+            let listing = self.list();
             match creating.await {
                 Ok(((stat, seq), created)) => {
                     let path = format!("{prefix}{seq}");
                     let name = path[self.lock.len() + 1..].to_owned();
                     let node = OurNode { path, name, czxid: stat.czxid, created };
-                    return Ok((node, Some(Box::pin(listing))));
+                    return Ok((node, Some(listing)));
                 }
                 Err(zookeeper_client::Error::NoNode) => {
                     debug!("{} does not exist; creating it as a container", self.lock);
@@ -249,15 +314,15 @@ impl<'a, C: Clock> Recipe<'a, C> {
 
     /// Step 3: our place in the queue, from one listing: `listed` if it was sent after our
     /// node was created and succeeds, else a new one.
-    pub async fn turn(&self, node: &OurNode, listed: Option<Listing<'a>>) -> Result<Verdict> {
+    async fn turn(&self, node: &OurNode, listed: Option<Listing<'a>>) -> Result<Turn> {
         let listed = match listed {
             Some(listing) => listing.await.ok(),
             None => None,
         };
-        let children = match listed {
-            Some(children) => children,
-            None => match retry(self.client, || self.client.list_children(self.lock)).await {
-                Ok(children) => children,
+        let listed = match listed {
+            Some(listed) => listed,
+            None => match retry(self.client, || self.list()).await {
+                Ok(listed) => listed,
                 Err(zookeeper_client::Error::NoAuth) => {
                     return Err(self
                         .connect
@@ -267,7 +332,16 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 Err(e) => return Err(e).with_context(|| format!("cannot list {}", self.lock)),
             },
         };
-        self.verdict_in(node, &children)
+        if let Some((data, version)) = listed.dir {
+            *self.dir.borrow_mut() = Dir { released: Released::parse(&data), version: Some(version) };
+        }
+        let queue = queue(self.lock, &listed.children)?;
+        let Some(pos) = queue.iter().position(|c| c.name == node.name) else {
+            bail!("our lock node {} vanished while waiting (deleted by someone, or the session was lost)", node.path);
+        };
+        let verdict = verdict(&queue, pos)
+            .map_err(|refusal| anyhow!("cannot take {} as {}: {refusal}", self.lock, self.mode.describe()))?;
+        Ok(Turn { verdict, queue, pos })
     }
 
     /// The queue rule for our node among `children`.
@@ -278,6 +352,34 @@ impl<'a, C: Clock> Recipe<'a, C> {
         };
         verdict(&queue, pos)
             .map_err(|refusal| anyhow!("cannot take {} as {}: {refusal}", self.lock, self.mode.describe()))
+    }
+
+    /// The nodes ahead of ours that exclude us: every one, but for a reader only writers.
+    fn excluding_ahead(&self, turn: &Turn) -> Vec<String> {
+        turn.queue[..turn.pos]
+            .iter()
+            .filter(|c| self.mode != Mode::Read || c.kind.mode().excludes_all())
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Reads the data of the holders ahead of us that we know nothing of yet (one round
+    /// trip), to learn what each demands if it vanishes. Failures are left unknown: a vanished
+    /// node we know nothing of demands our own lock-delay.
+    async fn learn_holders(&self, turn: &Turn) {
+        let unknown: Vec<String> = crate::queue::holders(&turn.queue)
+            .into_iter()
+            .filter(|&i| i < turn.pos)
+            .map(|i| turn.queue[i].name.clone())
+            .filter(|name| !self.known.borrow().contains_key(name))
+            .take(MAX_DATA_READS)
+            .collect();
+        let reads: Vec<_> = unknown.iter().map(|name| self.client.get_data(&format!("{}/{name}", self.lock))).collect();
+        for (name, read) in unknown.into_iter().zip(reads) {
+            if let Ok((data, _)) = read.await {
+                self.known.borrow_mut().insert(name, NodeData::demands(&data));
+            }
+        }
     }
 
     /// Waits until our node is the lowest, watching only the immediate predecessor.
@@ -297,6 +399,9 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let mut waited = false;
         let mut told = usize::MAX;
         let confirmed = Cell::new(node.created);
+        // The nodes that excluded us at the previous listing: one of them gone without a clean
+        // release when we proceed is a holder that may still run, frozen.
+        let mut before: Vec<String> = Vec::new();
         loop {
             // The check is sent at once; the listing sent after it is answered after it.
             let stale = self.clock.now() >= confirmed.get().at() + pace.recheck_after;
@@ -307,9 +412,15 @@ impl<'a, C: Clock> Recipe<'a, C> {
                     advance(&confirmed, c);
                 }
             }
-            let (watch, next_in_line, ahead) = match turn {
-                Verdict::Proceed => return Ok(Acquired::Yes { waited, confirmed: confirmed.get() }),
-                Verdict::Wait { watch, next_in_line, ahead } => (watch, next_in_line, ahead),
+            let (watch, next_in_line, ahead) = match &turn.verdict {
+                Verdict::Proceed => {
+                    let now: Vec<&str> = turn.queue.iter().map(|c| c.name.as_str()).collect();
+                    let gone: Vec<String> = before.into_iter().filter(|n| !now.contains(&n.as_str())).collect();
+                    let delay =
+                        crate::delay::due(&gone, &self.dir.borrow().released, &self.known.borrow(), self.lock_delay);
+                    return Ok(Acquired::Yes { waited, confirmed: confirmed.get(), delay });
+                }
+                Verdict::Wait { watch, next_in_line, ahead } => (watch.clone(), *next_in_line, *ahead),
             };
             if no_wait {
                 return Ok(Acquired::Held { ahead });
@@ -319,6 +430,8 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 told = ahead;
             }
             waited = true;
+            before = self.excluding_ahead(&turn);
+            self.learn_holders(&turn).await;
             match watch {
                 Watch::Node(predecessor) => {
                     self.watch_until_gone(node, &predecessor, next_in_line, &confirmed, pace.heartbeat).await?
@@ -364,7 +477,10 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let path = format!("{}/{predecessor}", self.lock);
         loop {
             let watcher = match retry(self.client, || self.client.get_and_watch_data(&path)).await {
-                Ok((_, _, watcher)) => watcher,
+                Ok((data, _, watcher)) => {
+                    self.known.borrow_mut().insert(predecessor.to_owned(), NodeData::demands(&data));
+                    watcher
+                }
                 Err(zookeeper_client::Error::NoNode) => return Ok(()),
                 Err(e) => return Err(e).with_context(|| format!("cannot watch {path}")),
             };
@@ -408,9 +524,9 @@ impl<'a, C: Clock> Recipe<'a, C> {
         }
     }
 
-    /// Deletes our node and awaits the reply. Without a node (a cancelled create), deletes
-    /// whatever node carries our uuid. A node already gone, or gone with an expired session,
-    /// is fine.
+    /// Deletes our node and awaits the reply: a clean release (see [`Recipe::release_path`]).
+    /// Without a node (a cancelled create), deletes whatever node carries our uuid. A node
+    /// already gone, or gone with an expired session, is fine.
     pub async fn release(&self, node: Option<&OurNode>) -> Result<()> {
         let paths = match node {
             Some(node) => vec![node.path.clone()],
@@ -428,14 +544,89 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
         };
         for path in paths {
-            match retry(self.client, || self.client.delete(&path, None)).await {
-                Ok(()) => debug!("deleted {path}"),
-                Err(zookeeper_client::Error::NoNode) => debug!("{path} was already gone"),
-                Err(zookeeper_client::Error::SessionExpired) => {
-                    debug!("{path} went with the expired session")
-                }
-                Err(e) => return Err(e).with_context(|| format!("cannot delete our lock node {path}")),
+            self.release_path(&path).await?;
+        }
+        Ok(())
+    }
+
+    /// A clean release of the node at `path`: one multi that deletes it and adds its name to
+    /// the lock directory's [`Released`] record, written only over the version we read last,
+    /// so that concurrent releases never drop each other's names (on a conflict: read again,
+    /// retry). Successors tell it from a vanishing by the record. Where the record cannot be
+    /// written (the directory's ACL), a plain delete: successors then wait a lock-delay.
+    async fn release_path(&self, path: &str) -> Result<()> {
+        use zookeeper_client::{Error, MultiWriteError};
+        let name = &path[self.lock.len() + 1..];
+        let done = |why: &str| {
+            debug!("{path} {why}");
+            Ok(())
+        };
+        for _ in 0..RELEASE_ATTEMPTS {
+            if self.dir.borrow().version.is_none() {
+                self.read_dir().await?;
             }
+            let (record, version) = {
+                let dir = self.dir.borrow();
+                (dir.released.with(name), dir.version)
+            };
+            let mut multi = self.client.new_multi_writer();
+            multi.add_set_data(self.lock, &record, version)?;
+            multi.add_delete(path, None)?;
+            let committed = match multi.commit().await {
+                Err(MultiWriteError::RequestFailed { source }) if is_connection_failure(&source) => {
+                    // Applied or not: after the reconnect, the node tells.
+                    wait_connected(self.client).await.or_else(|e| match e {
+                        Error::SessionExpired => Ok(()),
+                        e => Err(e),
+                    })?;
+                    self.dir.borrow_mut().version = None;
+                    continue;
+                }
+                r => r,
+            };
+            match committed {
+                Ok(_) => return done("deleted (a clean release)"),
+                Err(MultiWriteError::OperationFailed { index: 0, source: Error::BadVersion }) => {
+                    debug!("the release record of {} changed under us; reading it again", self.lock);
+                    self.dir.borrow_mut().version = None;
+                }
+                Err(MultiWriteError::OperationFailed { index: 1, source: Error::NoNode }) => {
+                    return done("was already gone")
+                }
+                Err(MultiWriteError::RequestFailed { source: Error::SessionExpired }) => {
+                    return done("went with the expired session")
+                }
+                Err(MultiWriteError::OperationFailed { index: 0, source }) => {
+                    debug!("cannot write the release record of {} ({source}); deleting {path} alone", self.lock);
+                    return self.delete_plain(path).await;
+                }
+                Err(e) => {
+                    return Err(zookeeper_client::Error::from(e))
+                        .with_context(|| format!("cannot delete our lock node {path}"))
+                }
+            }
+        }
+        self.delete_plain(path).await
+    }
+
+    /// Reads the lock directory's record and version again.
+    async fn read_dir(&self) -> Result<()> {
+        match retry(self.client, || self.client.get_data(self.lock)).await {
+            Ok((data, stat)) => {
+                *self.dir.borrow_mut() = Dir { released: Released::parse(&data), version: Some(stat.version) };
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.lock)),
+        }
+    }
+
+    /// A delete that leaves no record: successors will wait a lock-delay.
+    async fn delete_plain(&self, path: &str) -> Result<()> {
+        match retry(self.client, || self.client.delete(path, None)).await {
+            Ok(()) => debug!("deleted {path}"),
+            Err(zookeeper_client::Error::NoNode) => debug!("{path} was already gone"),
+            Err(zookeeper_client::Error::SessionExpired) => debug!("{path} went with the expired session"),
+            Err(e) => return Err(e).with_context(|| format!("cannot delete our lock node {path}")),
         }
         Ok(())
     }

@@ -6,13 +6,16 @@
 //!  "started_at":"2026-11-24T02:00:00.123Z","version":"0.1.0","command":"report.sh"}
 //! ```
 //! `acquired_at` (RFC 3339) is added once the holder acquired the lock after waiting.
+//! `lock_delay_ms` is the holder's `--lock-delay`: what its successors wait if it vanishes
+//! without a clean release. `delayed_until` (RFC 3339) is set while a contender that was granted
+//! the lock waits out its predecessor's lock-delay.
 //! `command` is the file name of the command only: its arguments may hold secrets and are never
 //! stored. `label` is omitted when not given. Readers must ignore fields they do not know.
 
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// The format version written by this build.
 pub const FORMAT: u32 = 1;
@@ -32,6 +35,12 @@ pub struct NodeData {
     /// (otherwise the node's creation time is the acquisition time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acquired_at: Option<String>,
+    /// The lock-delay this holder asks of its successors, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_delay_ms: Option<u64>,
+    /// While waiting out a predecessor's lock-delay: until when, RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delayed_until: Option<String>,
     /// zklock's version.
     pub version: String,
     /// The command's file name (argv[0] without directories), never its arguments.
@@ -55,6 +64,8 @@ impl NodeData {
             label: label.map(str::to_owned),
             started_at: humantime::format_rfc3339_millis(started).to_string(),
             acquired_at: None,
+            lock_delay_ms: None,
+            delayed_until: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             command,
         }
@@ -62,6 +73,15 @@ impl NodeData {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("node data serializes")
+    }
+
+    /// What a node with this data demands of its successor if it vanishes.
+    pub fn demands(bytes: &[u8]) -> crate::delay::NodeDelay {
+        use crate::delay::NodeDelay;
+        match NodeData::parse(bytes) {
+            Some(d) => d.lock_delay_ms.map_or(NodeDelay::Unstated, |ms| NodeDelay::Zklock(Duration::from_millis(ms))),
+            None => NodeDelay::Foreign,
+        }
     }
 
     /// Parses a document written by any zklock; `None` if the bytes are not one.
@@ -73,7 +93,7 @@ impl NodeData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn round_trip_and_no_arguments() {
@@ -95,6 +115,16 @@ mod tests {
         assert!(!text.contains("label"), "{text}");
         let newer = text.replacen('{', "{\"future_field\":[1,2],", 1);
         assert_eq!(NodeData::parse(newer.as_bytes()), Some(d));
+    }
+
+    #[test]
+    fn what_a_node_demands() {
+        use crate::delay::NodeDelay;
+        let mut d = NodeData::for_this_process(None, OsStr::new("true"), UNIX_EPOCH);
+        assert_eq!(NodeData::demands(&d.to_bytes()), NodeDelay::Unstated);
+        d.lock_delay_ms = Some(4_000);
+        assert_eq!(NodeData::demands(&d.to_bytes()), NodeDelay::Zklock(Duration::from_secs(4)));
+        assert_eq!(NodeData::demands(b"10.0.0.7"), NodeDelay::Foreign);
     }
 
     #[test]

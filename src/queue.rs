@@ -48,7 +48,7 @@ impl Mode {
     }
 
     /// Whether a holder in this mode excludes every other holder.
-    fn excludes_all(self) -> bool {
+    pub fn excludes_all(self) -> bool {
         matches!(self, Mode::Exclusive | Mode::Write)
     }
 

@@ -22,7 +22,7 @@ use crate::queue::Mode;
 use crate::session::{Loss, Monitor, Watchdog};
 use crate::signals::{JobControl, Signals};
 use crate::supervise::{Outcome, Supervisor};
-use crate::zk::{self, Confirmed, ConnectOptions, PendingDelete};
+use crate::zk::{self, Confirmed, ConnectOptions};
 
 /// Fails fast, before touching the lock, when the command cannot be found or run.
 fn precheck_command(argv0: &OsString) -> Result<std::path::PathBuf, (u8, String)> {
@@ -96,11 +96,11 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
             }
         };
         let result = hold(&client, &job, &mut signals).await;
-        let (result, deleting, guard) = match result {
-            Ok(Held { code, deleting, guard }) => (Ok(code), deleting, guard),
-            Err(e) => (Err(e), None, None),
+        let (result, guard) = match result {
+            Ok(Held { code, guard }) => (Ok(code), guard),
+            Err(e) => (Err(e), None),
         };
-        zk::close(client, deleting).await;
+        zk::close_session(client).await;
         // Disarmed, so it exits by itself; reaping it waits for that, which must not hold up
         // the delete on the way to the server (the next holder waits for it).
         drop(guard);
@@ -146,17 +146,16 @@ async fn abandon<C: Clock>(recipe: &Recipe<'_, C>, created: Option<&OurNode>) {
     }
 }
 
-/// How `hold` ended: the exit status, the delete of our node if it is still in flight, and
-/// the disarmed guard process, to be reaped once the release is done.
+/// How `hold` ended: the exit status, and the disarmed guard process, to be reaped once the
+/// release is done.
 struct Held {
     code: u8,
-    deleting: Option<PendingDelete>,
     guard: Option<child::Guard>,
 }
 
 impl From<u8> for Held {
     fn from(code: u8) -> Held {
-        Held { code, deleting: None, guard: None }
+        Held { code, guard: None }
     }
 }
 
@@ -165,8 +164,12 @@ impl From<u8> for Held {
 async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<Held> {
     let clock = BootClock;
     let budget = budget(client, job.args)?;
+    // What our successors wait if we vanish without a clean release: by default the session
+    // timeout, the time a frozen holder can go unnoticed by the server.
+    let lock_delay = job.args.lock_delay.unwrap_or(budget.session_timeout);
     let mut doc = NodeData::for_this_process(job.args.label.as_deref(), &job.args.command[0], job.started_at);
-    let recipe = Recipe::new(client, &job.args.lock, job.mode, &job.connect, clock);
+    doc.lock_delay_ms = Some(lock_delay.as_millis() as u64);
+    let recipe = Recipe::new(client, &job.args.lock, job.mode, &job.connect, lock_delay, clock);
     let (node, waited, confirmed) = match acquire(client, job, &recipe, &budget, &doc, signals).await {
         Ok(Won { node, waited, confirmed }) => (node, waited, confirmed),
         Err(Lost(held)) => return held,
@@ -184,9 +187,12 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
         }
     };
     let (outcome, guard) = supervise(client, job, &node, &budget, t_ok, &mut child, signals).await;
-    let deleting = release(client, &node);
+    // Phase 5: the release, once the command and its whole group are gone.
+    if let Err(e) = recipe.release(Some(&node)).await {
+        warn!("{e:#}");
+    }
     let code = exit_code(job.args, outcome)?;
-    Ok(Held { code, deleting: Some(deleting), guard })
+    Ok(Held { code, guard })
 }
 
 /// The safety budget for the negotiated session timeout.
@@ -233,7 +239,11 @@ async fn acquire<C: Clock>(
         let acquire = async {
             let (node, listed) = recipe.create(&data).await?;
             created = Some(node.clone());
-            recipe.wait_turn(&node, listed, job.no_wait, pace).await
+            let acquired = recipe.wait_turn(&node, listed, job.no_wait, pace).await?;
+            if let Acquired::Yes { delay: Some((delay, after)), .. } = &acquired {
+                wait_out(client, &node, doc, *delay, after, &args.lock).await;
+            }
+            Ok(acquired)
         };
         tokio::select! {
             r = acquire => WaitEnd::Done(r),
@@ -244,7 +254,7 @@ async fn acquire<C: Clock>(
     };
     // Say why first: deleting our node may wait for a reconnect.
     let outcome = match end {
-        WaitEnd::Done(Ok(Acquired::Yes { waited, confirmed })) => {
+        WaitEnd::Done(Ok(Acquired::Yes { waited, confirmed, .. })) => {
             let node = created.expect("an acquired lock has a node");
             return Ok(Won { node, waited, confirmed });
         }
@@ -309,6 +319,32 @@ async fn confirm<C: Clock>(
             }
         }
     }
+}
+
+/// The lock is ours, but `after`, which held it before us, vanished without a clean release:
+/// it may still run, frozen, until the server's expiry of its session plus a wake-up. Waits
+/// out `delay` (on the deadline clock, which counts a suspended host's time) before the command
+/// may start, and says so in our node, for `zklock status`.
+async fn wait_out(client: &Client, node: &OurNode, doc: &NodeData, delay: Duration, after: &str, lock: &str) {
+    info!(
+        "holding {lock}, but {after} held it before and vanished without a clean release: waiting out its lock-delay of {} before starting the command",
+        humantime::format_duration(delay)
+    );
+    let mut delayed = doc.clone();
+    delayed.delayed_until = Some(humantime::format_rfc3339_millis(SystemTime::now() + delay).to_string());
+    let marked = client.set_data(&node.path, &delayed.to_bytes(), None);
+    tokio::spawn(async move {
+        if let Err(e) = marked.await {
+            debug!("cannot record the lock-delay in the lock node: {e}");
+        }
+    });
+    let clock = BootClock;
+    let until = clock.now() + delay;
+    // tokio sleeps on CLOCK_MONOTONIC, which stops while the host is suspended.
+    while clock.now() < until {
+        tokio::time::sleep((until - clock.now()).min(Duration::from_millis(250))).await;
+    }
+    debug!("the lock-delay is over");
 }
 
 /// Records when a waiter acquired, for `zklock status` (and, under `--limit`, to wake the
@@ -398,13 +434,6 @@ async fn supervise(
     // our node after the session's close, and reconnects for it.
     monitor.stop().await;
     (outcome, guard)
-}
-
-/// Phase 5: the delete of our node, sent now; its reply is awaited once the session's close
-/// is queued behind it (the server applies both in order), which saves a round trip on every
-/// release.
-fn release(client: &Client, node: &OurNode) -> PendingDelete {
-    (node.path.clone(), Box::pin(client.delete(&node.path, None)))
 }
 
 /// Phase 6: the exit status.

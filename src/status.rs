@@ -71,6 +71,11 @@ pub struct Contender {
     pub position: usize,
     /// Whether it holds the lock (by the queue rule of its kind).
     pub holding: bool,
+    /// A holder that waits out its predecessor's lock-delay before starting its command
+    /// (the predecessor vanished without a clean release): until when, RFC 3339; else null.
+    pub delayed_until: Option<String>,
+    /// Seconds of that lock-delay left; null when not delayed.
+    pub delay_seconds_left: Option<f64>,
     pub session_id: String,
     pub fencing_token: i64,
     /// When the node was created, i.e. joined the queue.
@@ -249,12 +254,19 @@ async fn report_from_children(
         } else {
             joined
         };
+        let delayed_until = doc
+            .as_ref()
+            .and_then(|d| d.delayed_until.as_deref())
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .filter(|until| holds && *until > now);
         let contender = Contender {
             kind: c.kind.name(doc.is_some()),
             node: c.name,
             sequence: c.seq,
             position,
             holding: holds,
+            delayed_until: delayed_until.map(rfc3339),
+            delay_seconds_left: delayed_until.map(|until| seconds_between(now, until)),
             session_id: format!("{:#x}", stat.ephemeral_owner),
             fencing_token: stat.czxid,
             joined_at: rfc3339(joined),
@@ -290,8 +302,8 @@ async fn report_from_children(
 /// A node's children and stat, or why not.
 type Listed = Result<(Vec<String>, Stat), zookeeper_client::Error>;
 
-/// Every lock below `root`: nodes with lock-node children, and free lock directories — empty,
-/// data-less nodes that once had children (the server hides the container flag from clients,
+/// Every lock below `root`: nodes with lock-node children, and free lock directories — empty
+/// nodes that once had children, with no data or zklock's record of clean releases (the server hides the container flag from clients,
 /// so this is how a lock directory whose last holder left looks until the server reaps it).
 /// Lock directories are not descended into. `None` when `root` itself does not exist.
 pub async fn find_locks(client: &Client, root: &str) -> Result<Option<Vec<String>>> {
@@ -299,6 +311,8 @@ pub async fn find_locks(client: &Client, root: &str) -> Result<Option<Vec<String
     let mut found = Vec::new();
     let mut level = vec![root.to_owned()];
     let mut visited = 0;
+    // Emptied nodes with data: lock directories if the data is zklock's release record.
+    let mut recorded = Vec::new();
     // Breadth first, a level at a time, with up to PIPELINE listings in flight: memory is
     // bounded by one level's paths, and the walk costs about one round trip per level.
     while !level.is_empty() {
@@ -323,10 +337,14 @@ pub async fn find_locks(client: &Client, root: &str) -> Result<Option<Vec<String
                 Err(zookeeper_client::Error::NoAuth) => return Err(no_auth_on(&path, "list")),
                 Err(e) => return Err(e).with_context(|| format!("cannot list {path}")),
             };
-            let is_lock = children.iter().any(|c| classify(c).is_some())
-                || (children.is_empty() && stat.data_length == 0 && stat.cversion > 0 && path != root);
-            if is_lock {
+            let emptied = children.is_empty() && stat.cversion > 0 && path != root;
+            if children.iter().any(|c| classify(c).is_some()) || (emptied && stat.data_length == 0) {
                 found.push(path);
+                continue;
+            }
+            if emptied {
+                // Its data may be the record of zklock's clean releases (see delay.rs).
+                recorded.push(path);
                 continue;
             }
             children.sort();
@@ -339,6 +357,16 @@ pub async fn find_locks(client: &Client, root: &str) -> Result<Option<Vec<String
         }
         level = next;
     }
+    let records: Vec<(String, bool)> = stream::iter(recorded)
+        .map(|path| async move {
+            let r = crate::zk::retry(client, || client.get_data(&path)).await;
+            let is_lock = r.is_ok_and(|(data, _)| crate::delay::Released::parse_strict(&data).is_some());
+            (path, is_lock)
+        })
+        .buffered(PIPELINE)
+        .collect()
+        .await;
+    found.extend(records.into_iter().filter(|(_, is_lock)| *is_lock).map(|(path, _)| path));
     found.sort();
     Ok(Some(found))
 }
@@ -360,7 +388,14 @@ fn who(c: &Contender) -> String {
 
 /// The one-line summary of a lock, as `--recursive` and `--watch` print it.
 pub fn summary_line(r: &LockReport) -> String {
-    match (&r.holder, r.exists) {
+    let delayed = r
+        .holders
+        .iter()
+        .filter_map(|h| h.delay_seconds_left)
+        .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))))
+        .map(|left| format!(" (lock-delay: its command starts in {})", compact(left.ceil())))
+        .unwrap_or_default();
+    let line = match (&r.holder, r.exists) {
         (_, false) => format!("{}: free (no such lock path)", r.path),
         (None, true) => format!("{}: free", r.path),
         (Some(h), true) if r.holders.len() == 1 => {
@@ -371,6 +406,17 @@ pub fn summary_line(r: &LockReport) -> String {
             let who: Vec<String> = r.holders.iter().map(who).collect();
             format!("{}: held by {}{of} ({}), {} waiting", r.path, r.holders.len(), who.join(", "), r.waiters.len())
         }
+    };
+    line + &delayed
+}
+
+/// A contender's state in the text tables: `holding`, `delayed` (with the time left) or
+/// `waiting`.
+fn state(c: &Contender) -> String {
+    match (c.holding, c.delay_seconds_left) {
+        (true, Some(left)) => format!("delayed ({} left)", compact(left.ceil())),
+        (true, None) => "holding".into(),
+        (false, _) => "waiting".into(),
     }
 }
 
@@ -407,7 +453,7 @@ pub fn render_text(r: &LockReport) -> String {
         for c in contenders {
             rows.push(vec![
                 c.position.to_string(),
-                if c.holding { "holding" } else { "waiting" }.into(),
+                state(c),
                 compact(c.seconds),
                 format!("{} ago", compact(c.joined_seconds_ago)),
                 c.host.clone().unwrap_or_else(dash),
@@ -439,6 +485,7 @@ pub fn render_recursive(reports: &[LockReport]) -> String {
             Some(h) if r.holders.len() > 1 => {
                 ("held", format!("{} holders, first {}", r.holders.len(), who(h)), compact(h.seconds))
             }
+            Some(h) if h.delay_seconds_left.is_some() => ("delayed", who(h), compact(h.seconds)),
             Some(h) => ("held", who(h), compact(h.seconds)),
             None => ("free", "-".into(), "-".into()),
         };
@@ -640,6 +687,14 @@ pub fn render_prometheus(reports: &[LockReport], now: SystemTime) -> String {
         "zklock_lock_oldest_wait_seconds",
         "How long the longest waiting contender has waited (0 when none waits).",
         reports.iter().map(|r| (path(r), r.waiters.iter().map(|w| w.seconds).fold(0.0, f64::max))).collect(),
+    );
+    family(
+        "zklock_lock_delay_seconds",
+        "Seconds left of the lock-delay a holder waits out before starting its command, after its predecessor vanished without a clean release (0 when none).",
+        reports
+            .iter()
+            .map(|r| (path(r), r.holders.iter().filter_map(|h| h.delay_seconds_left).fold(0.0, f64::max)))
+            .collect(),
     );
     family(
         "zklock_lock_limit",

@@ -4,7 +4,6 @@
 //! ACL it must put on the nodes it creates from here.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use std::path::{Path, PathBuf};
@@ -367,42 +366,16 @@ pub fn format_acl(acls: &[Acl]) -> String {
         .join(", ")
 }
 
-/// A delete of our lock node that was sent, its reply to be awaited once the session's close
-/// is queued behind it.
-pub type PendingDelete = (String, Pin<Box<dyn Future<Output = Result<(), zookeeper_client::Error>> + Send>>);
-
-/// Closes a session that has nothing in flight.
+/// Closes the session and waits (up to a limit) for the server to confirm.
 pub async fn close_session(client: Client) {
-    close(client, None).await;
-}
-
-/// Closes the session and waits for the server to confirm. A delete still in flight is
-/// awaited first: the close is queued behind it. If its reply was lost with the connection,
-/// the close (retried by the client on reconnection) removes the node with the session, and
-/// is waited for as long as the session may live.
-pub async fn close(client: Client, deleting: Option<PendingDelete>) {
-    let session_timeout = client.session_timeout();
     let mut watcher = client.state_watcher();
     drop(client);
-    let mut limit = CLOSE_TIMEOUT;
-    if let Some((path, deleting)) = deleting {
-        match deleting.await {
-            Ok(()) => debug!("deleted {path}"),
-            Err(zookeeper_client::Error::NoNode | zookeeper_client::Error::SessionExpired) => {
-                debug!("{path} was already gone")
-            }
-            Err(e) => {
-                debug!("delete of {path} not confirmed ({e}); closing the session removes it");
-                limit = limit.max(session_timeout * 3 / 2);
-            }
-        }
-    }
     if watcher.peek_state().is_terminated() {
         return;
     }
-    let closed = tokio::time::timeout(limit, async { while !watcher.changed().await.is_terminated() {} }).await;
+    let closed = tokio::time::timeout(CLOSE_TIMEOUT, async { while !watcher.changed().await.is_terminated() {} }).await;
     if closed.is_err() {
-        warn!("the session did not confirm closing within {limit:?}; the server expires it");
+        warn!("the session did not confirm closing within {CLOSE_TIMEOUT:?}; the server expires it");
     }
 }
 
