@@ -95,6 +95,21 @@ fn assert_not_delayed(stage: &str, next: &Zklock, freed: u64, started: u64) {
     assert!(after < Duration::from_secs(10), "{stage}: {} started {after:?} after the lock was freed:\n{err}", next.id);
 }
 
+/// Waits until `z`'s command starts and returns when it did; fails at once if `z` says it waits
+/// a lock-delay instead (rather than after it).
+fn started_undelayed(bed: &Bed, z: &Zklock) -> u64 {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        if let Some(e) = bed.history.events().into_iter().find(|e| e.id == z.id && e.kind == "start") {
+            return e.ts;
+        }
+        let err = z.stderr();
+        assert!(delay_line(&err).is_none(), "{} waits a lock-delay:\n{err}", z.id);
+        assert!(Instant::now() < until, "{} did not start in {PATIENCE:?}:\n{err}", z.id);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -149,6 +164,9 @@ fn whole_holder_frozen_past_the_session(
     let runs = [Run::new("holder", holder.wait(), &[124]), Run::new("waiter", waiter.wait(), &[0])];
     let leaked = settle(&zk, lock, PATIENCE);
     let report = check(&bed.history.events(), &runs, &leaked);
+    if std::env::var_os("ZKLOCK_FAULTS_SHOW").is_some() {
+        eprintln!("{}--- history ---\n{}", report.describe(), bed.history.dump());
+    }
     (report, bed, waiter_start, gone, vanished, waiter)
 }
 
@@ -206,9 +224,8 @@ fn wait_queued(z: &Zklock) {
 }
 
 /// No lock-delay where the lock was freed cleanly, with every holder's lock-delay 20 s: after
-/// the holder's own release; after a waiter that gave up (`--wait`) and one whose session
-/// expired while it only waited, both ahead of the next holder (exclusive: the next waits on
-/// for the holder), and both as the writer ahead of a reader that they let in at once.
+/// the holder's own release, and after it when a waiter that gave up (`--wait`) or one whose
+/// session expired while it only waited stood between it and the next holder.
 #[test]
 fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_while_waiting() {
     let _turn = serial();
@@ -227,9 +244,10 @@ fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_wh
     let mut next = bed.spawn("next", &connect, tick, lock, &opts, Hold::Beats(3));
     zk.wait_children(lock, 2);
     bed.release("h.go");
+    let started = started_undelayed(&bed, &next);
     let runs = [Run::new("holder", holder.wait(), &[0]), Run::new("next", next.wait(), &[0])];
     verify(&bed, &zk, lock, &runs);
-    assert_not_delayed("clean release", &next, cmd(&bed, "holder").last, cmd(&bed, "next").start);
+    assert_not_delayed("clean release", &next, cmd(&bed, "holder").last, started);
 
     // A waiter that gave up, then the holder's release.
     let (bed, lock) = (Bed::new(), "/safety/clean/gave-up");
@@ -241,13 +259,14 @@ fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_wh
     zk.wait_children(lock, 3);
     let quitter_code = quitter.wait();
     bed.release("h.go");
+    let started = started_undelayed(&bed, &next);
     let runs = [
         Run::new("holder", holder.wait(), &[0]),
         Run::new("quitter", quitter_code, &[75]),
         Run::new("next", next.wait(), &[0]),
     ];
     verify(&bed, &zk, lock, &runs);
-    assert_not_delayed("a waiter gave up", &next, cmd(&bed, "holder").last, cmd(&bed, "next").start);
+    assert_not_delayed("a waiter gave up", &next, cmd(&bed, "holder").last, started);
 
     // A waiter whose session expired while it waited (it queues again at the end), then the
     // holder's release.
@@ -262,16 +281,32 @@ fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_wh
     expire_through(&bed, &proxy, &server);
     wait_until(PATIENCE, "the expired waiter to queue again", || expired.stderr().contains("queueing again"));
     bed.release("h.go");
+    let started = started_undelayed(&bed, &next);
+    let started_after = started_undelayed(&bed, &expired);
     let runs = [
         Run::new("holder", holder.wait(), &[0]),
         Run::new("next", next.wait(), &[0]),
         Run::new("expired", expired.wait(), &[0]),
     ];
     verify(&bed, &zk, lock, &runs);
-    assert_not_delayed("a waiter expired", &next, cmd(&bed, "holder").last, cmd(&bed, "next").start);
-    assert_not_delayed("after the next holder", &expired, cmd(&bed, "next").last, cmd(&bed, "expired").start);
+    assert_not_delayed("a waiter expired", &next, cmd(&bed, "holder").last, started);
+    assert_not_delayed("after the next holder", &expired, cmd(&bed, "next").last, started_after);
+}
 
-    // Readers: a writer that gave up waiting lets the reader behind it in at once.
+/// A writer that never held, ahead of a reader, lets that reader in at once when it leaves:
+/// by giving up (`--wait`) or by its session expiring while it waited. Neither is a holder
+/// vanishing: no lock-delay (every lock-delay is 20 s, so a wrong one is unmistakable).
+#[test]
+fn a_reader_let_in_by_a_writer_that_gave_up_or_expired_while_waiting_waits_no_lock_delay() {
+    let _turn = serial();
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let connect = server.connect_string();
+    let tick = server.tick();
+    let opts = ["-v", "--session-timeout", T, "--lock-delay", "20s"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { opts.iter().chain(extra).copied().collect() };
+
+    // A writer that gave up waiting.
     let (bed, lock) = (Bed::new(), "/safety/clean/rw-gave-up");
     let shared = with(&["--shared"]);
     let mut reader = bed.spawn("reader", &connect, tick, lock, &shared, bed.until("r.go"));
@@ -282,7 +317,7 @@ fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_wh
     zk.wait_children(lock, 3);
     let writer_code = writer.wait();
     let gave_up = bed.history.events().iter().rfind(|e| e.id == "writer" && e.kind == "zklock-exit").unwrap().ts;
-    let next_start = bed.history.wait_event("next", "start", PATIENCE).ts;
+    let next_start = started_undelayed(&bed, &next);
     bed.release("r.go");
     let runs = [
         Run::new("reader", reader.wait(), &[0]).on(lock, Bound::Reader),
@@ -292,7 +327,7 @@ fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_wh
     verify(&bed, &zk, lock, &runs);
     assert_not_delayed("a writer gave up", &next, gave_up, next_start);
 
-    // Readers: a writer whose session expired while it waited lets the reader behind it in.
+    // A writer whose session expired while it waited (it queues again at the end).
     let (bed, lock) = (Bed::new(), "/safety/clean/rw-expired");
     let proxy = Proxy::to_port("writer", server.port());
     let mut reader = bed.spawn("reader", &connect, tick, lock, &shared, bed.until("r.go"));
@@ -302,7 +337,7 @@ fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_wh
     let mut next = bed.spawn("next", &connect, tick, lock, &shared, Hold::Beats(3));
     zk.wait_children(lock, 3);
     let expiring = expire_through(&bed, &proxy, &server);
-    let next_start = bed.history.wait_event("next", "start", PATIENCE).ts;
+    let next_start = started_undelayed(&bed, &next);
     bed.release("r.go");
     let runs = [
         Run::new("reader", reader.wait(), &[0]).on(lock, Bound::Reader),
@@ -341,7 +376,7 @@ fn limit_2_only_the_waiter_taking_the_expired_holders_slot_is_delayed() {
     let expired_code = expired.wait();
     bed.release("c.go");
     let clean_code = clean_holder.wait();
-    let second_start = bed.history.wait_event("second", "start", PATIENCE).ts;
+    let second_start = started_undelayed(&bed, &second);
     bed.release("f.go");
 
     let runs = [
@@ -407,6 +442,7 @@ fn a_writer_waits_the_lock_delay_after_a_reader_expired_but_not_after_readers_re
     zk.wait_children(lock, 3);
     bed.release("r1.go");
     bed.release("r2.go");
+    let started = started_undelayed(&bed, &writer);
     let runs = [
         Run::new("r1", r1.wait(), &[0]).on(lock, Bound::Reader),
         Run::new("r2", r2.wait(), &[0]).on(lock, Bound::Reader),
@@ -414,7 +450,7 @@ fn a_writer_waits_the_lock_delay_after_a_reader_expired_but_not_after_readers_re
     ];
     verify(&bed, &zk, lock, &runs);
     let cmds = bed.history.commands();
-    assert_not_delayed("readers released", &writer, cmds["r1"].last.max(cmds["r2"].last), cmds["writer"].start);
+    assert_not_delayed("readers released", &writer, cmds["r1"].last.max(cmds["r2"].last), started);
 }
 
 /// The kinds of the descriptors `pid` holds (`pipe`, `socket`, `anon_inode:[timerfd]`, a
