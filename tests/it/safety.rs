@@ -116,6 +116,17 @@ fn strs(v: &[String]) -> Vec<&str> {
 
 const T: &str = "4s";
 
+/// A frozen holder that a failing test leaves running (so that its processes can end).
+struct ThawOnPanic(WholeHolder);
+
+impl Drop for ThawOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.thaw();
+        }
+    }
+}
+
 /// The whole holder (zklock, its guard, the command's group with a grandchild) frozen for
 /// 6.5 s, T < 6.5 s, with a waiter queued; both run with `--lock-delay lock_delay`. The thaw
 /// continues the command's group first (a host thaws in no order of ours) and waits until
@@ -141,7 +152,7 @@ fn whole_holder_frozen_past_the_session(
     zk.wait_children(lock, 2);
 
     bed.history.note("test", "freeze the whole holder");
-    let frozen = WholeHolder::freeze(holder.pid(), pgid);
+    let frozen = ThawOnPanic(WholeHolder::freeze(holder.pid(), pgid));
     let since = Instant::now();
     // The fault's length, watching for the moment the server hands the lock on.
     let mut vanished = None;
@@ -152,13 +163,17 @@ fn whole_holder_frozen_past_the_session(
         std::thread::sleep(Duration::from_millis(20));
     }
     let vanished = vanished.expect("the server did not expire the frozen holder's session in 6.5 s");
+    if lock_delay == "0s" {
+        // Nothing holds the waiter back: it starts while the holder is frozen.
+        bed.history.wait_event("waiter", "start", PATIENCE);
+    }
     let thawing = bed.history.note("test", "thaw the command's group");
     killpg(Pid::from_raw(pgid as i32), Signal::SIGCONT).unwrap();
     wait_until(PATIENCE, "the thawed command to show life", || {
         bed.history.events().iter().any(|e| e.id == "holder" && e.kind == "beat" && e.ts > thawing)
     });
     bed.history.note("test", "thaw the guard and zklock");
-    frozen.thaw();
+    frozen.0.thaw();
     let (waiter_start, gone) = watch_group_until_start(&bed, pgid, "waiter");
 
     let runs = [Run::new("holder", holder.wait(), &[124]), Run::new("waiter", waiter.wait(), &[0])];
@@ -483,10 +498,18 @@ fn guard_descriptors(lock: &str, dir: &std::path::Path, fault: Option<&str>) -> 
         cmd.env("ZKLOCK_TEST_GUARD_FAULT", f);
     }
     let mut zklock = cmd.stdout(std::process::Stdio::null()).spawn().expect("spawn zklock");
-    let pgid = read_pid(&pid) as u32;
-    let guard = guard_of(zklock.id(), pgid, PATIENCE);
-    let kinds = descriptor_kinds(guard);
-    std::fs::write(&go, "").unwrap();
+    // However this ends, the command may end (and zklock with it).
+    struct Go<'a>(&'a std::path::Path);
+    impl Drop for Go<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0, "");
+        }
+    }
+    let kinds = {
+        let _go = Go(&go);
+        let pgid = read_pid(&pid) as u32;
+        descriptor_kinds(guard_of(zklock.id(), pgid, PATIENCE))
+    };
     (kinds, wait_status(&mut zklock).code().expect("an exit code"))
 }
 
