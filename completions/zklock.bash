@@ -111,7 +111,7 @@ _zklock() {
             return 0
             ;;
         zklock__subcmd__run)
-            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --acl --tls-ca --tls-cert --tls-key --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --lock-delay --kill-signal --limit --shared --write --timeout --min-hold --label --verbose --quiet --help --version"
+            opts="-z -w -n -E -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --tls-ca --tls-cert --tls-key --acl --server-tick --wait --no-wait --conflict-exit-code --disconnect-threshold --grace --lock-delay --kill-signal --limit --shared --write --timeout --min-hold --label --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -137,10 +137,6 @@ _zklock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --acl)
-                    COMPREPLY=($(compgen -W "open creator creator+read" -- "${cur}"))
-                    return 0
-                    ;;
                 --tls-ca)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -151,6 +147,10 @@ _zklock() {
                     ;;
                 --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --acl)
+                    COMPREPLY=($(compgen -W "open creator creator+read" -- "${cur}"))
                     return 0
                     ;;
                 --server-tick)
@@ -213,7 +213,7 @@ _zklock() {
             return 0
             ;;
         zklock__subcmd__status)
-            opts="-z -o -r -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --acl --tls-ca --tls-cert --tls-key --format --json --output --recursive --held-longer-than --waiting-longer-than --watch --verbose --quiet --help --version"
+            opts="-z -o -r -v -q -h -V --zk --session-timeout --connect-timeout --auth-file --tls-ca --tls-cert --tls-key --format --json --output --recursive --held-longer-than --waiting-longer-than --watch --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -237,10 +237,6 @@ _zklock() {
                     ;;
                 --auth-file)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --acl)
-                    COMPREPLY=($(compgen -W "open creator creator+read" -- "${cur}"))
                     return 0
                     ;;
                 --tls-ca)

@@ -35,12 +35,12 @@ complete -c zklock -n "__fish_zklock_using_subcommand run" -s z -l zk -d 'ZooKee
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l session-timeout -d 'Requested session timeout; the server may negotiate another, which is what counts' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l connect-timeout -d 'Give up if no server answers within this long' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l auth-file -d 'Credentials in a file only its owner can read: digest:USER:PASSWORD or sasl-digest:USER:PASSWORD' -r -F
-complete -c zklock -n "__fish_zklock_using_subcommand run" -l acl -d 'ACL of the nodes zklock creates [default: creator+read with credentials, else open]' -r -f -a "open\t'Anyone may read, change and delete (world:anyone:cdrwa)'
-creator\t'Only our authenticated identity may read, change or delete (auth::cdrwa)'
-creator+read\t'Our identity may do everything, anyone may read: `zklock status` works for all'"
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l tls-ca -d 'CA certificate(s) (PEM) that signed the servers\' certificates; connects with TLS' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l tls-cert -d 'Client certificate (PEM) for mutual TLS; needs --tls-key' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l tls-key -d 'Private key (PEM) of --tls-cert' -r -F
+complete -c zklock -n "__fish_zklock_using_subcommand run" -l acl -d 'ACL of the nodes zklock creates [default: creator+read with credentials, else open]' -r -f -a "open\t'Anyone may read, change and delete (world:anyone:cdrwa)'
+creator\t'Only our authenticated identity may read, change or delete (auth::cdrwa)'
+creator+read\t'Our identity may do everything, anyone may read: `zklock status` works for all'"
 complete -c zklock -n "__fish_zklock_using_subcommand run" -l server-tick -d 'The servers\' tickTime, used in the safety budget' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s w -l wait -d 'Give up waiting for the lock after this long; 0s tries once, like --no-wait (default: wait forever)' -r
 complete -c zklock -n "__fish_zklock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit status when --no-wait or --wait gives up' -r
@@ -63,9 +63,6 @@ complete -c zklock -n "__fish_zklock_using_subcommand status" -s z -l zk -d 'Zoo
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l session-timeout -d 'Requested session timeout; the server may negotiate another, which is what counts' -r
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l connect-timeout -d 'Give up if no server answers within this long' -r
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l auth-file -d 'Credentials in a file only its owner can read: digest:USER:PASSWORD or sasl-digest:USER:PASSWORD' -r -F
-complete -c zklock -n "__fish_zklock_using_subcommand status" -l acl -d 'ACL of the nodes zklock creates [default: creator+read with credentials, else open]' -r -f -a "open\t'Anyone may read, change and delete (world:anyone:cdrwa)'
-creator\t'Only our authenticated identity may read, change or delete (auth::cdrwa)'
-creator+read\t'Our identity may do everything, anyone may read: `zklock status` works for all'"
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-ca -d 'CA certificate(s) (PEM) that signed the servers\' certificates; connects with TLS' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-cert -d 'Client certificate (PEM) for mutual TLS; needs --tls-key' -r -F
 complete -c zklock -n "__fish_zklock_using_subcommand status" -l tls-key -d 'Private key (PEM) of --tls-cert' -r -F

@@ -43,6 +43,7 @@ pub trait Signaller: Clone + Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Group(Pid);
 
+#[cfg(test)]
 impl Group {
     /// The group led by `pid`.
     pub fn of(pid: u32) -> Group {

@@ -10,15 +10,31 @@ use nix::sys::signal::Signal;
 /// A titled list of (term, description) rows, shared by `--help` and the man pages.
 pub struct DocSection {
     pub title: &'static str,
-    pub rows: &'static [(&'static str, &'static str)],
+    rows: Rows,
+}
+
+/// Where a section's rows come from.
+enum Rows {
+    Text(&'static [(&'static str, &'static str)]),
+    /// An exit-status table, made from the [`Exit`](crate::exit::Exit) type.
+    Exits(&'static [crate::exit::Exit]),
 }
 
 impl DocSection {
+    /// The (term, description) rows.
+    pub fn rows(&self) -> Vec<(String, &'static str)> {
+        match self.rows {
+            Rows::Text(rows) => rows.iter().map(|(t, d)| (t.to_string(), *d)).collect(),
+            Rows::Exits(table) => crate::exit::rows(table),
+        }
+    }
+
     /// Plain text for `--help`.
     pub fn to_help(&self) -> String {
-        let width = self.rows.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+        let rows = self.rows();
+        let width = rows.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
         let mut out = format!("{}:\n", self.title);
-        for (term, text) in self.rows {
+        for (term, text) in rows {
             out.push_str(&format!("  {term:width$}  {text}\n"));
         }
         out
@@ -41,21 +57,21 @@ impl Examples {
     }
 }
 
-pub const RUN_EXIT_STATUS: DocSection = DocSection { title: "Exit status", rows: &crate::exit::RUN_ROWS };
+pub const RUN_EXIT_STATUS: DocSection = DocSection { title: "Exit status", rows: Rows::Exits(&crate::exit::Exit::RUN) };
 
 pub const RUN_ENV_GIVEN: DocSection = DocSection {
     title: "Environment given to the command",
-    rows: &[
+    rows: Rows::Text(&[
         ("ZKLOCK_LOCK", "the lock path"),
         ("ZKLOCK_NODE", "the full path of our lock node"),
         ("ZKLOCK_FENCING_TOKEN", "the lock node's czxid (decimal); strictly rises from holder to holder"),
         ("ZKLOCK_SESSION_ID", "the ZooKeeper session id (hex)"),
-    ],
+    ]),
 };
 
 pub const ENV_READ: DocSection = DocSection {
     title: "Environment read by zklock",
-    rows: &[
+    rows: Rows::Text(&[
         ("ZKLOCK_ZK", "the connect string when -z/--zk is not given"),
         (
             "ZKLOCK_AUTH",
@@ -64,7 +80,7 @@ pub const ENV_READ: DocSection = DocSection {
         ("ZKLOCK_TLS_CA, ZKLOCK_TLS_CERT, ZKLOCK_TLS_KEY", "--tls-ca, --tls-cert and --tls-key when not given"),
         ("ZKLOCK_LOCK_DELAY", "--lock-delay when not given"),
         ("ZKLOCK_LOG", "log filter overriding -v/-q, e.g. zklock=debug,zookeeper_client=info"),
-    ],
+    ]),
 };
 
 pub const RUN_EXAMPLES: Examples = Examples(&[
@@ -82,15 +98,8 @@ pub const RUN_EXAMPLES: Examples = Examples(&[
     ),
 ]);
 
-pub const STATUS_EXIT_STATUS: DocSection = DocSection {
-    title: "Exit status",
-    rows: &[
-        ("0", "every lock named is held (with --recursive: every lock found, and at least one); with --held-longer-than or --waiting-longer-than: no lock matched"),
-        ("1", "a lock is free; a lock path that does not exist is free (not with the alert options)"),
-        ("2", "with --held-longer-than or --waiting-longer-than: a lock matched (an alert, as Nagios' CRITICAL)"),
-        ("125", "error: no server, invalid path, ..."),
-    ],
-};
+pub const STATUS_EXIT_STATUS: DocSection =
+    DocSection { title: "Exit status", rows: Rows::Exits(&crate::exit::Exit::STATUS) };
 
 pub const STATUS_EXAMPLES: Examples = Examples(&[
     ("who holds the report lock, and who waits", "zklock status /locks/nightly-report"),
@@ -121,8 +130,12 @@ confirmed heartbeat (t_ok, on CLOCK_BOOTTIME), the command must be dead by D = t
 zklock sends the stop signal (--kill-signal) to the command's process group at t_ok + the disconnect threshold \
 and SIGKILL --grace later, never later than D - 400ms (with the defaults, exactly then). A session expiry, a deleted lock node, or a node owned \
 by another session after a reconnect stops the command at once. A threshold or grace that does not fit is refused \
-with the arithmetic. Where zklock itself cannot act (the host paused), ZKLOCK_FENCING_TOKEN lets the protected \
-resource refuse a stale holder.";
+with the arithmetic. A guard process outside the command's group is armed with zklock's SIGKILL instant and renewed \
+by every confirmed heartbeat: if zklock is stopped, hung or starved and misses it, the guard SIGKILLs the group \
+itself. When a holder vanishes without a clean release (its session expired, its node was deleted), the next holder \
+waits that holder's --lock-delay (default: the session timeout) before starting its command, so that a holder frozen \
+whole for less than T + lock-delay is dead first; clean releases cost no delay. Beyond that (a longer freeze, a \
+process that escaped the group), ZKLOCK_FENCING_TOKEN lets the protected resource refuse a stale holder.";
 
 fn run_after_help() -> String {
     format!(
@@ -257,10 +270,6 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "PATH", help_heading = "Security")]
     pub auth_file: Option<std::path::PathBuf>,
 
-    /// ACL of the nodes zklock creates [default: creator+read with credentials, else open]
-    #[arg(long, value_enum, value_name = "POLICY", help_heading = "Security")]
-    pub acl: Option<AclPolicy>,
-
     /// CA certificate(s) (PEM) that signed the servers' certificates; connects with TLS
     #[arg(long, env = "ZKLOCK_TLS_CA", value_name = "PEM", help_heading = "Security")]
     pub tls_ca: Option<std::path::PathBuf>,
@@ -272,6 +281,22 @@ pub struct ConnectArgs {
     /// Private key (PEM) of --tls-cert
     #[arg(long, env = "ZKLOCK_TLS_KEY", value_name = "PEM", requires = "tls_cert", help_heading = "Security")]
     pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The connection settings, for the connection layer (which knows nothing of clap).
+    pub fn settings(&self, acl: Option<AclPolicy>) -> crate::zk::Settings {
+        crate::zk::Settings {
+            connect: self.zk.clone(),
+            session_timeout: self.session_timeout,
+            connect_timeout: self.connect_timeout,
+            auth_file: self.auth_file.clone(),
+            acl: acl.map(Into::into),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
 }
 
 /// The ACL of every node zklock creates: lock nodes and the parents it creates.
@@ -286,13 +311,12 @@ pub enum AclPolicy {
     CreatorRead,
 }
 
-impl AclPolicy {
-    /// The name given on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            AclPolicy::Open => "open",
-            AclPolicy::Creator => "creator",
-            AclPolicy::CreatorRead => "creator+read",
+impl From<AclPolicy> for crate::zk::AclPolicy {
+    fn from(p: AclPolicy) -> Self {
+        match p {
+            AclPolicy::Open => crate::zk::AclPolicy::Open,
+            AclPolicy::Creator => crate::zk::AclPolicy::Creator,
+            AclPolicy::CreatorRead => crate::zk::AclPolicy::CreatorRead,
         }
     }
 }
@@ -309,6 +333,10 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub connect: ConnectArgs,
+
+    /// ACL of the nodes zklock creates [default: creator+read with credentials, else open]
+    #[arg(long, value_enum, value_name = "POLICY", help_heading = "Security")]
+    pub acl: Option<AclPolicy>,
 
     /// The servers' tickTime, used in the safety budget
     #[arg(long, default_value = "2s", value_parser = parse_positive_duration, value_name = "DURATION", help_heading = "Safety")]

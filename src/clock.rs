@@ -25,23 +25,27 @@ impl Clock for BootClock {
 }
 
 /// tokio's clock, for tests on a paused runtime.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug)]
 pub struct TokioClock {
     origin: tokio::time::Instant,
 }
 
+#[cfg(test)]
 impl TokioClock {
     pub fn new() -> Self {
         Self { origin: tokio::time::Instant::now() }
     }
 }
 
+#[cfg(test)]
 impl Default for TokioClock {
     fn default() -> Self {
         Self::new()
     }
 }
 
+#[cfg(test)]
 impl Clock for TokioClock {
     fn now(&self) -> Duration {
         tokio::time::Instant::now() - self.origin

@@ -1,35 +1,35 @@
 //! zklock: run a command under a ZooKeeper lock, and stop it before anyone else can be granted
 //! the lock. See `../README.md` and `shared/design/safety.md` for the model.
 
-pub mod child;
+mod child;
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod deadline;
-pub mod delay;
+mod clock;
+mod config;
+mod deadline;
+mod delay;
 pub mod exit;
-pub mod lock;
+mod lock;
 mod logging;
-pub mod nodedata;
-pub mod queue;
-pub mod run;
-pub mod session;
-pub mod signals;
-pub mod status;
-pub mod supervise;
-pub mod zk;
+mod nodedata;
+mod queue;
+mod run;
+mod session;
+mod signals;
+mod status;
+mod supervise;
+mod zk;
 
 use std::time::{Instant, SystemTime};
 
 /// Runs a parsed command line and returns the process exit status. Never exits the process
 /// itself, so that every path releases what it took.
-pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
+pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> exit::Exit {
     let log = logging::init(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             crate::exit::say(format_args!("zklock: error: cannot start the async runtime: {e}"));
-            return exit::FAILURE;
+            return exit::Exit::Failure;
         }
     };
     let quiet = cli.quiet;
@@ -50,7 +50,7 @@ pub fn main_with(cli: cli::Cli, t0: Instant, started_at: SystemTime) -> u8 {
             if !silent {
                 crate::exit::say(format_args!("zklock: error: {e:#}"));
             }
-            exit::FAILURE
+            exit::Exit::Failure
         }
     }
 }

@@ -221,20 +221,12 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 }
                 Err(zookeeper_client::Error::NoNode) => {
                     debug!("{} does not exist; creating it as a container", self.lock);
-                    let parents = CreateMode::Container.with_acls(self.connect.acl);
-                    match retry(self.client, || self.client.mkdir(self.lock, &parents)).await {
+                    match retry(self.client, || self.mkdir()).await {
                         Ok(()) => {}
                         Err(zookeeper_client::Error::NoNode) => {
                             bail!("cannot create {}: the chroot of the connect string does not exist", self.lock)
                         }
-                        Err(zookeeper_client::Error::NoAuth) => {
-                            return Err(self
-                                .connect
-                                .not_authorised(self.client, self.lock, &format!("create {}", self.lock))
-                                .await)
-                        }
-                        Err(zookeeper_client::Error::InvalidAcl) => return Err(self.invalid_acl()),
-                        Err(e) => return Err(e).with_context(|| format!("cannot create {}", self.lock)),
+                        Err(e) => return Err(self.refused(e, &format!("create {}", self.lock)).await),
                     }
                     last_err = Some(zookeeper_client::Error::NoNode);
                 }
@@ -249,17 +241,34 @@ impl<'a, C: Clock> Recipe<'a, C> {
                 Err(zookeeper_client::Error::NoChildrenForEphemerals) => {
                     bail!("cannot lock {}: it is an ephemeral node, which cannot have children", self.lock)
                 }
-                Err(zookeeper_client::Error::NoAuth) => {
-                    return Err(self
-                        .connect
-                        .not_authorised(self.client, self.lock, &format!("create a lock node under {}", self.lock))
-                        .await)
-                }
-                Err(zookeeper_client::Error::InvalidAcl) => return Err(self.invalid_acl()),
-                Err(e) => return Err(e).with_context(|| format!("cannot create a lock node under {}", self.lock)),
+                Err(e) => return Err(self.refused(e, &format!("create a lock node under {}", self.lock)).await),
             }
         }
         Err(anyhow!("cannot create a lock node under {} after {CREATE_ATTEMPTS} attempts: {:?}", self.lock, last_err))
+    }
+
+    /// Creates the lock directory and its missing parents, as containers: the directory with
+    /// our ACL, the parents with our ACL and CREATE for anyone, so that other identities can
+    /// make lock directories of their own beside ours.
+    async fn mkdir(&self) -> Result<(), zookeeper_client::Error> {
+        let parent = &self.lock[..self.lock.rfind('/').unwrap_or(0)];
+        if !parent.is_empty() {
+            self.client.mkdir(parent, &CreateMode::Container.with_acls(self.connect.parents_acl)).await?;
+        }
+        match self.client.create(self.lock, &[], &CreateMode::Container.with_acls(self.connect.acl)).await {
+            Ok(_) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The error for a create of ours that failed with `e`: a refusal by an ACL names the
+    /// node and its ACL, a refused ACL says why; `doing` is what we tried, e.g. `create /locks`.
+    async fn refused(&self, e: zookeeper_client::Error, doing: &str) -> anyhow::Error {
+        match e {
+            zookeeper_client::Error::NoAuth => self.connect.not_authorised(self.client, self.lock, doing).await,
+            zookeeper_client::Error::InvalidAcl => self.invalid_acl(),
+            e => anyhow::Error::new(e).context(format!("cannot {doing}")),
+        }
     }
 
     /// The server refused the ACL we asked for: `auth` ACLs need an identity it recognises.
@@ -335,23 +344,18 @@ impl<'a, C: Clock> Recipe<'a, C> {
         if let Some((data, version)) = listed.dir {
             *self.dir.borrow_mut() = Dir { released: Released::parse(&data), version: Some(version) };
         }
-        let queue = queue(self.lock, &listed.children)?;
+        self.place(node, &listed.children)
+    }
+
+    /// The queue rule for our node among `children`.
+    fn place(&self, node: &OurNode, children: &[String]) -> Result<Turn> {
+        let queue = queue(self.lock, children)?;
         let Some(pos) = queue.iter().position(|c| c.name == node.name) else {
             bail!("our lock node {} vanished while waiting (deleted by someone, or the session was lost)", node.path);
         };
         let verdict = verdict(&queue, pos)
             .map_err(|refusal| anyhow!("cannot take {} as {}: {refusal}", self.lock, self.mode.describe()))?;
         Ok(Turn { verdict, queue, pos })
-    }
-
-    /// The queue rule for our node among `children`.
-    fn verdict_in(&self, node: &OurNode, children: &[String]) -> Result<Verdict> {
-        let queue = queue(self.lock, children)?;
-        let Some(pos) = queue.iter().position(|c| c.name == node.name) else {
-            bail!("our lock node {} vanished while waiting (deleted by someone, or the session was lost)", node.path);
-        };
-        verdict(&queue, pos)
-            .map_err(|refusal| anyhow!("cannot take {} as {}: {refusal}", self.lock, self.mode.describe()))
     }
 
     /// The nodes ahead of ours that exclude us: every one, but for a reader only writers.
@@ -364,13 +368,15 @@ impl<'a, C: Clock> Recipe<'a, C> {
     }
 
     /// Reads the data of the holders ahead of us that we know nothing of yet (one round
-    /// trip), to learn what each demands if it vanishes. Failures are left unknown: a vanished
-    /// node we know nothing of demands our own lock-delay.
-    async fn learn_holders(&self, turn: &Turn) {
+    /// trip), to learn what each demands if it vanishes; the node we are about to watch is
+    /// read by the watch itself. Failures are left unknown: a vanished node we know nothing of
+    /// demands our own lock-delay.
+    async fn learn_holders(&self, turn: &Turn, watched: &Watch) {
         let unknown: Vec<String> = crate::queue::holders(&turn.queue)
             .into_iter()
             .filter(|&i| i < turn.pos)
             .map(|i| turn.queue[i].name.clone())
+            .filter(|name| !matches!(watched, Watch::Node(w) if w == name))
             .filter(|name| !self.known.borrow().contains_key(name))
             .take(MAX_DATA_READS)
             .collect();
@@ -431,7 +437,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
             waited = true;
             before = self.excluding_ahead(&turn);
-            self.learn_holders(&turn).await;
+            self.learn_holders(&turn, &watch).await;
             match watch {
                 Watch::Node(predecessor) => {
                     self.watch_until_gone(node, &predecessor, next_in_line, &confirmed, pace.heartbeat).await?
@@ -449,7 +455,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
             Ok(r) => r,
             Err(e) => return Err(e).with_context(|| format!("cannot watch {}", self.lock)),
         };
-        if !matches!(self.verdict_in(node, &children)?, Verdict::Wait { watch: Watch::Directory, .. }) {
+        if !matches!(self.place(node, &children)?.verdict, Verdict::Wait { watch: Watch::Directory, .. }) {
             return Ok(());
         }
         let event = tokio::select! {
@@ -538,7 +544,13 @@ impl<'a, C: Clock> Recipe<'a, C> {
                         .filter(|n| self.is_ours_by_name(n))
                         .map(|n| format!("{}/{n}", self.lock))
                         .collect(),
-                    Err(zookeeper_client::Error::NoNode | zookeeper_client::Error::SessionExpired) => vec![],
+                    // Not allowed to list it: not allowed to create in it either, so no node of
+                    // ours can be there.
+                    Err(
+                        zookeeper_client::Error::NoNode
+                        | zookeeper_client::Error::SessionExpired
+                        | zookeeper_client::Error::NoAuth,
+                    ) => vec![],
                     Err(e) => return Err(e).context("while looking for our lock node to delete"),
                 }
             }

@@ -1,5 +1,7 @@
 //! Messages on stderr, prefixed `zklock: `. Quiet by default (warnings and errors, for cron
-//! mail), `-v` for lifecycle events, `-vv` for debugging, `-q` for errors only.
+//! mail), `-v` for lifecycle events, `-vv` for debugging, `-q` for errors only. When stderr is
+//! not a terminal (cron mail, a CI log, a file), each line carries the time it was logged,
+//! RFC 3339 with milliseconds: `zklock: 2026-12-03T02:00:00.123Z acquired ...`.
 //! `ZKLOCK_LOG` (tracing target syntax, e.g. `zklock=debug,zookeeper_client=info`) overrides.
 
 use std::fmt;
@@ -14,7 +16,10 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 
-struct Prefixed;
+struct Prefixed {
+    /// Stamp each line with the time (stderr is not a terminal).
+    stamped: bool,
+}
 
 impl<S, N> FormatEvent<S, N> for Prefixed
 where
@@ -29,7 +34,11 @@ where
             Level::DEBUG => "debug: ",
             Level::TRACE => "trace: ",
         };
-        write!(w, "zklock: {level}")?;
+        write!(w, "zklock: ")?;
+        if self.stamped {
+            write!(w, "{} ", humantime::format_rfc3339_millis(std::time::SystemTime::now()))?;
+        }
+        write!(w, "{level}")?;
         if !event.metadata().target().starts_with("zklock") {
             write!(w, "[{}] ", event.metadata().target())?;
         }
@@ -99,7 +108,9 @@ pub fn init(verbose: u8, quiet: bool) -> Guard {
         .and_then(|s| s.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_target("zklock", ours).with_default(theirs));
     let lazy = Arc::new(Lazy::default());
-    let layer = tracing_subscriber::fmt::layer().with_writer(LazyWriter(lazy.clone())).event_format(Prefixed);
+    use std::io::IsTerminal;
+    let format = Prefixed { stamped: !std::io::stderr().is_terminal() };
+    let layer = tracing_subscriber::fmt::layer().with_writer(LazyWriter(lazy.clone())).event_format(format);
     tracing_subscriber::registry().with(layer.with_filter(filter)).init();
     Guard(lazy)
 }

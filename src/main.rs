@@ -16,8 +16,8 @@ fn main() -> ExitCode {
         Err(e) => {
             // Usage errors are zklock failures, reported on one line like every other.
             zklock::exit::say(format_args!("zklock: {}; see 'zklock --help'", zklock::cli::one_line(&e)));
-            return ExitCode::from(zklock::exit::FAILURE);
+            return zklock::exit::Exit::Failure.into();
         }
     };
-    ExitCode::from(zklock::main_with(cli, t0, started_at))
+    zklock::main_with(cli, t0, started_at).into()
 }

@@ -15,7 +15,7 @@ use crate::cli::RunArgs;
 use crate::clock::{BootClock, Clock};
 use crate::config::{Budget, BudgetRequest};
 use crate::deadline::Enforcer;
-use crate::exit;
+use crate::exit::Exit;
 use crate::lock::{self, Acquired, OurNode, Recipe};
 use crate::nodedata::NodeData;
 use crate::queue::Mode;
@@ -25,7 +25,7 @@ use crate::supervise::{Outcome, Supervisor};
 use crate::zk::{self, Confirmed, ConnectOptions};
 
 /// Fails fast, before touching the lock, when the command cannot be found or run.
-fn precheck_command(argv0: &OsString) -> Result<std::path::PathBuf, (u8, String)> {
+fn precheck_command(argv0: &OsString) -> Result<std::path::PathBuf, (Exit, String)> {
     let name = argv0.to_string_lossy();
     match which::which(argv0) {
         Ok(path) => Ok(path),
@@ -33,11 +33,11 @@ fn precheck_command(argv0: &OsString) -> Result<std::path::PathBuf, (u8, String)
             let path = std::path::Path::new(argv0);
             if path.components().count() > 1 || name.contains('/') {
                 if path.exists() {
-                    return Err((exit::NOT_EXECUTABLE, format!("cannot run '{name}': not an executable file")));
+                    return Err((Exit::NotExecutable, format!("cannot run '{name}': not an executable file")));
                 }
-                return Err((exit::NOT_FOUND, format!("cannot run '{name}': no such file")));
+                return Err((Exit::NotFound, format!("cannot run '{name}': no such file")));
             }
-            Err((exit::NOT_FOUND, format!("cannot run '{name}': command not found in PATH")))
+            Err((Exit::NotFound, format!("cannot run '{name}': command not found in PATH")))
         }
     }
 }
@@ -62,9 +62,9 @@ async fn session_ended(client: &Client) -> SessionState {
 }
 
 /// `zklock run`. Returns the exit status; `Err` is a zklock failure (125) with its message.
-pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u8> {
+pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<Exit> {
     lock::validate_lock_path(&args.lock)?;
-    let connect = ConnectOptions::from_args(&args.connect)?;
+    let connect = ConnectOptions::from_settings(&args.connect.settings(args.acl))?;
     let program = match precheck_command(&args.command[0]) {
         Ok(path) => path,
         Err((code, msg)) => {
@@ -92,7 +92,7 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<u
             r = job.connect.connect() => r?,
             sig = signals.recv_terminating() => {
                 info!("got {sig} while connecting; giving up");
-                return Ok(exit::from_signal(sig as i32));
+                return Ok(Exit::Signal(sig as i32));
             }
         };
         let result = hold(&client, &job, &mut signals).await;
@@ -149,12 +149,12 @@ async fn abandon<C: Clock>(recipe: &Recipe<'_, C>, created: Option<&OurNode>) {
 /// How `hold` ended: the exit status, and the disarmed guard process, to be reaped once the
 /// release is done.
 struct Held {
-    code: u8,
+    code: Exit,
     guard: Option<child::Guard>,
 }
 
-impl From<u8> for Held {
-    fn from(code: u8) -> Held {
+impl From<Exit> for Held {
+    fn from(code: Exit) -> Held {
         Held { code, guard: None }
     }
 }
@@ -188,8 +188,9 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
     };
     let (outcome, guard) = supervise(client, job, &node, &budget, t_ok, &mut child, signals).await;
     // Phase 5: the release, once the command and its whole group are gone.
-    if let Err(e) = recipe.release(Some(&node)).await {
-        warn!("{e:#}");
+    match recipe.release(Some(&node)).await {
+        Ok(()) => info!("released {}", job.args.lock),
+        Err(e) => warn!("{e:#}"),
     }
     let code = exit_code(job.args, outcome)?;
     Ok(Held { code, guard })
@@ -260,11 +261,11 @@ async fn acquire<C: Clock>(
         }
         WaitEnd::Done(Ok(Acquired::Held { ahead })) => {
             info!("{} is held ({ahead} ahead of us); not waiting (--no-wait)", args.lock);
-            Ok(args.conflict_exit_code)
+            Ok(Exit::Conflict(args.conflict_exit_code))
         }
         WaitEnd::Signal(sig) => {
             info!("got {sig} while waiting for {}; giving up", args.lock);
-            Ok(exit::from_signal(sig as i32))
+            Ok(Exit::Signal(sig as i32))
         }
         WaitEnd::TimedOut => {
             warn!(
@@ -272,7 +273,7 @@ async fn acquire<C: Clock>(
                 args.lock,
                 humantime::format_duration(args.wait.unwrap_or_default())
             );
-            Ok(args.conflict_exit_code)
+            Ok(Exit::Conflict(args.conflict_exit_code))
         }
         WaitEnd::SessionEnded(SessionState::Expired) => Err(ExpiredWhileWaiting.into()),
         WaitEnd::SessionEnded(state) => {
@@ -362,7 +363,7 @@ fn mark_acquired(client: &Client, node: &OurNode, doc: &mut NodeData) {
 
 /// Phase 3: the command, with the lock's environment, its guard armed to SIGKILL its group at
 /// `kill_at`; `Err` is the exit status when it cannot be started.
-fn start(client: &Client, job: &Job<'_>, node: &OurNode, kill_at: Duration) -> Result<Child, u8> {
+fn start(client: &Client, job: &Job<'_>, node: &OurNode, kill_at: Duration) -> Result<Child, Exit> {
     let args = job.args;
     let env = [
         ("ZKLOCK_LOCK", args.lock.clone()),
@@ -385,11 +386,11 @@ fn start(client: &Client, job: &Job<'_>, node: &OurNode, kill_at: Duration) -> R
         Err(e @ child::SpawnError::Unprotected(_)) => {
             // Through the non-blocking log: the lock is still held here.
             tracing::error!("{e}");
-            Err(exit::FAILURE)
+            Err(Exit::Failure)
         }
         Err(child::SpawnError::Spawn(e)) => {
             tracing::error!("cannot run '{}': {e}", args.command[0].to_string_lossy());
-            Err(exit::from_spawn_error(&e))
+            Err(Exit::from_spawn_error(&e))
         }
     }
 }
@@ -437,7 +438,7 @@ async fn supervise(
 }
 
 /// Phase 6: the exit status.
-fn exit_code(args: &RunArgs, outcome: Outcome) -> Result<u8> {
+fn exit_code(args: &RunArgs, outcome: Outcome) -> Result<Exit> {
     match (outcome.loss, outcome.status) {
         (Some(Loss::MaxHold), _) => {
             crate::exit::say(format_args!(
@@ -445,16 +446,16 @@ fn exit_code(args: &RunArgs, outcome: Outcome) -> Result<u8> {
                 args.lock,
                 humantime::format_duration(args.timeout.unwrap_or_default())
             ));
-            Ok(exit::TIMED_OUT)
+            Ok(Exit::TimedOut)
         }
         (Some(why), _) => {
             crate::exit::say(format_args!(
                 "zklock: error: lost {} while the command ran ({why}); the command was stopped",
                 args.lock
             ));
-            Ok(exit::LOCK_LOST)
+            Ok(Exit::LockLost)
         }
-        (None, Ok(status)) => Ok(exit::from_child(status)),
+        (None, Ok(status)) => Ok(Exit::from_child(status)),
         (None, Err(e)) => bail!("lost track of the command: {e}"),
     }
 }

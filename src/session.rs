@@ -95,6 +95,7 @@ impl Watchdog {
         self
     }
 
+    #[cfg(test)]
     pub fn t_ok(&self) -> Duration {
         self.t_ok.at()
     }

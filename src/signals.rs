@@ -32,6 +32,7 @@ impl Signals {
     }
 
     /// No signals at all (tests).
+    #[cfg(test)]
     pub fn none() -> Signals {
         Signals { streams: Vec::new(), job_control: None }
     }
@@ -83,6 +84,7 @@ impl JobControl {
     }
 
     /// No job control (tests).
+    #[cfg(test)]
     pub fn none() -> JobControl {
         JobControl { tstp: None, cont: None }
     }

@@ -12,10 +12,46 @@ use anyhow::{anyhow, bail, Context, Result};
 use tracing::{debug, warn};
 use zookeeper_client::{Acl, Acls, CheckWriteError, Client, Permission, SaslOptions, SessionState, TlsOptions};
 
-use crate::cli::{AclPolicy, ConnectArgs};
 use crate::clock::Clock;
 
 mod probe;
+
+/// What the command line asks of the connection, as plain values.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The connect string: `host:port[,host:port...][/chroot]`.
+    pub connect: String,
+    pub session_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub auth_file: Option<PathBuf>,
+    /// `None`: the default (creator+read with credentials, else open).
+    pub acl: Option<AclPolicy>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The ACL of every node zklock creates: lock nodes and the parents it creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclPolicy {
+    /// world:anyone:cdrwa.
+    Open,
+    /// auth::cdrwa: our identity alone.
+    Creator,
+    /// auth::cdrwa and world:anyone:r.
+    CreatorRead,
+}
+
+impl AclPolicy {
+    /// The name given on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            AclPolicy::Open => "open",
+            AclPolicy::Creator => "creator",
+            AclPolicy::CreatorRead => "creator+read",
+        }
+    }
+}
 
 /// The environment variable that may hold the credentials themselves (for CI secrets).
 pub const AUTH_ENV: &str = "ZKLOCK_AUTH";
@@ -23,6 +59,18 @@ pub const AUTH_ENV: &str = "ZKLOCK_AUTH";
 /// `creator+read`: everything for our identity, read for anyone.
 static CREATOR_READ: [Acl; 2] =
     [Acl::new_const(Permission::ALL, "auth", ""), Acl::new_const(Permission::READ, "world", "anyone")];
+
+/// The parents zklock creates above a lock directory (`/locks` in `/locks/report`) under
+/// `creator`: ours, and anyone may create their own lock directories in them.
+static PARENTS_CREATOR: [Acl; 2] =
+    [Acl::new_const(Permission::ALL, "auth", ""), Acl::new_const(Permission::CREATE, "world", "anyone")];
+
+/// The same under `creator+read`: anyone may also read them.
+static PARENTS_CREATOR_READ: [Acl; 3] = [
+    Acl::new_const(Permission::ALL, "auth", ""),
+    Acl::new_const(Permission::READ, "world", "anyone"),
+    Acl::new_const(Permission::CREATE, "world", "anyone"),
+];
 
 /// How long closing the session may take before zklock exits anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -120,7 +168,7 @@ fn read_pem(flag: &str, path: &Path) -> Result<String> {
 }
 
 impl Tls {
-    fn from_args(args: &ConnectArgs) -> Result<Option<Tls>> {
+    fn from_settings(args: &Settings) -> Result<Option<Tls>> {
         let Some(ca) = &args.tls_ca else {
             if args.tls_cert.is_some() {
                 bail!("--tls-cert needs --tls-ca: the CA that signed the servers' certificates");
@@ -163,22 +211,25 @@ pub struct ConnectOptions {
     pub tls: Option<Tls>,
     /// The ACL policy in force (the default resolved).
     pub policy: AclPolicy,
-    /// The ACL of every node zklock creates.
+    /// The ACL of the lock nodes and lock directories zklock creates.
     pub acl: Acls<'static>,
+    /// The ACL of the parents it creates above a lock directory: `acl`, and anyone may create
+    /// (their own lock directories; deleting ours or joining it needs DELETE or CREATE on it).
+    pub parents_acl: Acls<'static>,
 }
 
 impl ConnectOptions {
     /// Builds the options from the command line and `ZKLOCK_AUTH`.
-    pub fn from_args(args: &ConnectArgs) -> Result<ConnectOptions> {
+    pub fn from_settings(args: &Settings) -> Result<ConnectOptions> {
         let env = std::env::var(AUTH_ENV).ok().filter(|v| !v.is_empty());
         let credentials = match (&args.auth_file, env) {
             (Some(path), _) => Some(Credentials::from_file(path)?),
             (None, Some(text)) => Some(Credentials::parse(&text, AUTH_ENV)?),
             (None, None) => None,
         };
-        let tls = Tls::from_args(args)?;
-        if tls.is_none() && args.zk.contains("tcp+tls://") {
-            bail!("the connect string '{}' asks for TLS (tcp+tls://): give --tls-ca, the CA that signed the servers' certificates", args.zk);
+        let tls = Tls::from_settings(args)?;
+        if tls.is_none() && args.connect.contains("tcp+tls://") {
+            bail!("the connect string '{}' asks for TLS (tcp+tls://): give --tls-ca, the CA that signed the servers' certificates", args.connect);
         }
         let has_identity = credentials.is_some() || tls.as_ref().is_some_and(|t| t.identity.is_some());
         // With credentials, the safe default: nobody else may delete our lock node, and
@@ -190,19 +241,20 @@ impl ConnectOptions {
                 policy.name()
             );
         }
-        let acl = match policy {
-            AclPolicy::Open => Acls::anyone_all(),
-            AclPolicy::Creator => Acls::creator_all(),
-            AclPolicy::CreatorRead => Acls::new(&CREATOR_READ),
+        let (acl, parents_acl) = match policy {
+            AclPolicy::Open => (Acls::anyone_all(), Acls::anyone_all()),
+            AclPolicy::Creator => (Acls::creator_all(), Acls::new(&PARENTS_CREATOR)),
+            AclPolicy::CreatorRead => (Acls::new(&CREATOR_READ), Acls::new(&PARENTS_CREATOR_READ)),
         };
         Ok(ConnectOptions {
-            connect: args.zk.clone(),
+            connect: args.connect.clone(),
             session_timeout: args.session_timeout,
             connect_timeout: args.connect_timeout,
             credentials,
             tls,
             policy,
             acl,
+            parents_acl,
         })
     }
 

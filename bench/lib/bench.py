@@ -871,6 +871,147 @@ def fig_recursive(a, tools, zk, etcd, res):
                      "(user+sys), peak RSS (wait4).\n\n" + txt + "\n")
 
 
+def supports(tool, option):
+    """Whether this zklock build's `run --help` lists `option` (an older build may not have it)."""
+    try:
+        r = subprocess.run([tool.argv("/x", ["true"])[0], "run", "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in r.stdout
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def expired_trial(a, tool, zk, lock, tag, holder_extra, waiter_extra):
+    """One handoff after an expired holder: a holder (a long-running command), one waiter queued
+    behind it, then kill -9 of the holder's zklock alone (not its group: its guard kills the
+    command's group, its session lives until the server expires it). Returns the time from the
+    kill to the waiter's command start, and what the logs say."""
+    stamps = os.path.join(a.work, f"{tag}.stamps")
+    herr = os.path.join(a.out, "logs", f"{tag}-holder.log")
+    werr = os.path.join(a.out, "logs", f"{tag}-waiter.log")
+    for p in (stamps, herr, werr):
+        if os.path.exists(p):
+            os.unlink(p)
+    st = ["--session-timeout", a.expired_session_timeout, "-vv"]
+    r = {"ok": True, "notes": []}
+    holder = spawn(tool.argv(lock, [a.stamp, stamps, "holder", "--hold-us", str(600 * 10**6)],
+                             extra=st + holder_extra), stderr=herr)
+    hs = wait_for(lambda: [e for e in read_stamps(stamps) if e["id"] == "holder"], 60)
+    if not hs:
+        r.update(ok=False, notes=["the holder never got the lock"])
+        kill_group(holder)
+        reap(holder)
+        return r
+    cmd_pid = hs[0]["pid"]
+    waiter = spawn(tool.argv(lock, [a.stamp, stamps, "waiter"], extra=st + waiter_extra), stderr=werr)
+    if not wait_for(lambda: len(zk.children(lock)) >= 2, 60, step=0.02):
+        r.update(ok=False, notes=["the waiter never queued"])
+    time.sleep(0.3)  # the waiter sets its watch right after its listing
+    t_kill = now()
+    os.kill(holder, signal.SIGKILL)  # zklock alone: its guard is the one to kill the command's group
+    reap(holder)
+    wait_for(lambda: not pid_alive(cmd_pid), 10, step=0.001)
+    t_cmd_dead = now()
+    r["command_killed_ms"] = ms(t_cmd_dead - t_kill) if not pid_alive(cmd_pid) else None
+    if r["command_killed_ms"] is None:
+        r["notes"].append("the holder's command outlived its zklock by 10 s")
+    codes, pending = wait_all([waiter], t_kill + int(a.expired_window * 1e9))
+    if pending:
+        r.update(ok=False)
+        r["notes"].append(f"the waiter did not finish within {a.expired_window} s; killed")
+        kill_group(waiter)
+        wait_all([waiter], now() + int(5e9))
+    elif codes.get(waiter) != 0:
+        r.update(ok=False)
+        r["notes"].append(f"the waiter exited {codes.get(waiter)}")
+    if pid_alive(cmd_pid):
+        os.kill(cmd_pid, signal.SIGKILL)
+    ev = read_stamps(stamps)
+    ws = next((e for e in ev if e["id"] == "waiter" and e["kind"] == "S"), None)
+    r["kill_to_start_s"] = (ws["t"] - t_kill) / 1e9 if ws else None
+    r["overlap"] = bool(ws and (r["command_killed_ms"] is None or ws["t"] < t_cmd_dead))
+    if r["overlap"]:
+        r["ok"] = False
+        r["notes"].append("the waiter started while the holder's command still ran")
+    for who, path in (("holder", herr), ("waiter", werr)):
+        text = open(path, errors="replace").read() if os.path.exists(path) else ""
+        m = re.search(r"negotiated timeout of (\S+)", text)
+        r[f"{who}_negotiated"] = m.group(1) if m else None
+    text = open(werr, errors="replace").read() if os.path.exists(werr) else ""
+    m = re.search(r"waiting out its lock-delay of (\S+)", text)
+    r["delay_logged"] = m.group(1) if m else None
+    return r
+
+
+def fig_expired(a, tools, zk, etcd, res):
+    """Figure 8: the handoff after a holder vanished without a clean release (kill -9 of its
+    zklock, the session expired by the server), with and without the lock-delay."""
+    zs = [t for t in tools if t.is_zklock]
+    if not zs:
+        return
+    # (tool, configuration, holder's extra options, waiter's extra options)
+    configs = []
+    for t in zs:
+        if supports(t, "--lock-delay"):
+            configs += [(t, "--lock-delay 0s (holder and waiter)", ["--lock-delay", "0s"], ["--lock-delay", "0s"]),
+                        (t, "default lock-delay (= T)", [], []),
+                        (t, "waiter --lock-delay 0s, holder default", [], ["--lock-delay", "0s"])]
+        else:
+            configs.append((t, "no --lock-delay (this build has none)", [], []))
+    log(f"\n== 8. handoff after an expired holder: kill -9 of the holder's zklock, session timeout "
+        f"{a.expired_session_timeout}, {a.expired_rounds} rounds of {len(configs)} configurations interleaved ==")
+    zk.rmr("/bench/expired")
+    data = {(t.name, c): [] for t, c, _, _ in configs}
+    for rep in range(a.expired_rounds):
+        order = configs[rep % len(configs):] + configs[:rep % len(configs)]
+        for t, c, hx, wx in order:
+            slug = re.sub(r"[^a-z0-9]+", "-", c.lower()).strip("-")
+            r = expired_trial(a, t, zk, f"/bench/expired/{t.name}/{slug}/r{rep}", f"expired-{t.name}-{slug}-r{rep}",
+                              hx, wx)
+            data[(t.name, c)].append(r)
+            log(f"  {t.name:14} {c:40} round {rep}: kill -> waiter's command {fmt(r.get('kill_to_start_s'), 2)} s, "
+                f"holder's command killed after {fmt(r.get('command_killed_ms'), 1)} ms, negotiated "
+                f"{r.get('holder_negotiated')}/{r.get('waiter_negotiated')}, delay logged {r.get('delay_logged') or '-'}"
+                + ("" if r["ok"] else f"  PROBLEM: {'; '.join(r['notes'])}"))
+    zk.rmr("/bench/expired")
+    out, rows = {}, []
+    for t, c, _, _ in configs:
+        trials = data[(t.name, c)]
+        xs = [r["kill_to_start_s"] for r in trials if r.get("kill_to_start_s") is not None]
+        kills = [r["command_killed_ms"] for r in trials if r.get("command_killed_ms") is not None]
+        neg = sorted({f"{r.get('holder_negotiated')}/{r.get('waiter_negotiated')}" for r in trials})
+        delays = sorted({r.get("delay_logged") or "none" for r in trials})
+        ok = all(r["ok"] for r in trials)
+        problems = sorted({p for r in trials for p in r["notes"]})
+        o = {"n": len(xs), "samples_s": xs, "median_s": statistics.median(xs) if xs else None,
+             "min_s": min(xs) if xs else None, "max_s": max(xs) if xs else None,
+             "command_killed_ms_median": statistics.median(kills) if kills else None,
+             "negotiated": neg, "delay_logged": delays, "ok": ok, "problems": problems}
+        out.setdefault(t.name, {})[c] = o
+        rows.append([t.name, c, o["n"], fmt(o["median_s"], 2), fmt(o["min_s"], 2), fmt(o["max_s"], 2),
+                     fmt(o["command_killed_ms_median"], 1), ", ".join(neg), ", ".join(delays),
+                     "yes" if ok else "NO: " + "; ".join(problems)[:80]])
+    txt = table(["tool", "configuration", "samples", "kill -> waiter's command, median s", "min s", "max s",
+                 "holder's command killed after, ms", "negotiated T (holder/waiter)", "delay the waiter logged",
+                 "no overlap, all ok"], rows)
+    log(txt)
+    res["expired"] = out
+    res["md"].append("### 8. Handoff after an expired holder\n\nA holder (command: a 600 s sleep) and one waiter "
+                     f"on a fresh lock, both `--session-timeout {a.expired_session_timeout} -vv`; once the lock "
+                     "directory has 2 children (and 0.3 s more), `kill -9` of the holder's zklock alone: its guard "
+                     "kills the command's group, its session lives until the server expires it. Time from the kill "
+                     "to the waiter's command start stamp. The lock-delay a waiter waits is the vanished holder's "
+                     "(stored in its node), so `--lock-delay 0s` on the waiter alone does not remove it.\n\n"
+                     + txt + "\n")
+
+
 def fig_handoff(a, tools, zk, etcd, res):
     log(f"\n== 2. handoff: K contenders queued behind a gate holder, K in {a.ks}, at least {a.reps} rounds and "
         f"{a.min_gaps} gaps per K, tools interleaved ==")
@@ -1230,6 +1371,9 @@ def main():
     p.add_argument("--settle", type=float, default=3)
     p.add_argument("--loss-window", type=float, default=25)
     p.add_argument("--scale", type=int, default=200)
+    p.add_argument("--expired-rounds", type=int, default=5, help="figure 8: rounds per configuration")
+    p.add_argument("--expired-session-timeout", default="4s", help="figure 8: --session-timeout of both")
+    p.add_argument("--expired-window", type=float, default=60, help="figure 8: how long the waiter may take")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
                    help="also measure this zklock build, as tool zklock-NAME")
     a = p.parse_args()
@@ -1272,6 +1416,8 @@ def main():
             fig_modes(a, wrappers, zk, etcd, res)
         if "7" in figs:
             fig_recursive(a, wrappers, zk, etcd, res)
+        if "8" in figs:
+            fig_expired(a, wrappers, zk, etcd, res)
     finally:
         cleanup_all()
         zk.stop()

@@ -16,8 +16,8 @@ fn root() -> PathBuf {
 }
 
 fn rows(roff: &mut Roff, section: &DocSection) {
-    for (term, text) in section.rows {
-        roff.control("TP", []).text([bold(*term)]).text([roman(*text)]);
+    for (term, text) in section.rows() {
+        roff.control("TP", []).text([bold(term.as_str())]).text([roman(text)]);
     }
 }
 
@@ -153,20 +153,31 @@ fn generated_docs_are_current() {
     assert!(stale.is_empty(), "out of date: {stale:?}; rewrite with ZKLOCK_UPDATE_DOCS=1 cargo test --test it docs::");
 }
 
-/// The README's exit-status table is made from the same enum as `--help` and the man pages.
+/// The README's exit-status tables (run's and status's) are made from the same type as
+/// `--help` and the man pages.
 #[test]
-fn readme_exit_table_is_the_enum() {
-    const START: &str = "<!-- exit-status: made from src/exit.rs by the docs tests -->\n";
-    const END: &str = "<!-- /exit-status -->";
+fn readme_exit_tables_are_the_type() {
+    use zklock::exit::{markdown_table, Exit};
     let path = root().join("README.md");
-    let readme = std::fs::read_to_string(&path).unwrap();
-    let a = readme.find(START).expect("README has the exit-status markers") + START.len();
-    let b = a + readme[a..].find(END).expect("README has the end marker");
-    let table = zklock::exit::markdown_table();
+    let mut readme = std::fs::read_to_string(&path).unwrap();
+    for (marker, table) in [("exit-status", &Exit::RUN[..]), ("status-exit-status", &Exit::STATUS[..])] {
+        let start = format!("<!-- {marker}: made from src/exit.rs by the docs tests -->\n");
+        let end = format!("<!-- /{marker} -->");
+        let a = readme.find(&start).unwrap_or_else(|| panic!("README has the {marker} markers")) + start.len();
+        let b = a + readme[a..].find(&end).expect("README has the end marker");
+        let table = markdown_table(table);
+        if std::env::var_os("ZKLOCK_UPDATE_DOCS").is_some() {
+            readme = format!("{}{table}{}", &readme[..a], &readme[b..]);
+        } else {
+            assert_eq!(
+                &readme[a..b],
+                table,
+                "README's {marker} table is out of date; rewrite with ZKLOCK_UPDATE_DOCS=1"
+            );
+        }
+    }
     if std::env::var_os("ZKLOCK_UPDATE_DOCS").is_some() {
-        std::fs::write(&path, format!("{}{table}{}", &readme[..a], &readme[b..])).unwrap();
-    } else {
-        assert_eq!(&readme[a..b], table, "README's exit table is out of date; rewrite with ZKLOCK_UPDATE_DOCS=1");
+        std::fs::write(&path, readme).unwrap();
     }
 }
 

@@ -126,6 +126,21 @@ fn prometheus_output_parses_and_is_written_atomically() {
 
     assert_eq!(go.release(h), 0);
     assert_eq!(wait_status(&mut waiter).code(), Some(0));
+    // Another run on the same lock, another node and pid: the same series, labels and all.
+    let series = |samples: &[String]| -> Vec<String> {
+        samples.iter().filter_map(|s| s.rsplit_once(' ').map(|(series, _)| series.to_owned())).collect()
+    };
+    let before = series(&samples);
+    let (h2, go2) = hold_shared(&a, &["--label", "ha"], dir.path(), "ha2");
+    let mut waiter2 = run_shared(&a, &[], &["true"]).stderr(Stdio::null()).spawn().unwrap();
+    zk.wait_children(&a, 2);
+    let again = status(&["-r", &root, "--format", "prometheus", "-o", file.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    let after = series(&parse_prometheus(&std::fs::read_to_string(&file).unwrap()));
+    assert_eq!(after, before, "the label set of every series is bounded: no node, pid or token");
+    assert!(!after.iter().any(|s| s.contains("node=") || s.contains("pid=")), "{after:?}");
+    assert_eq!(go2.release(h2), 0);
+    assert_eq!(wait_status(&mut waiter2).code(), Some(0));
     // A second run replaces the file.
     let out = status(&["-r", &root, "--format", "prometheus", "-o", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));

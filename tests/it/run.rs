@@ -804,3 +804,39 @@ fn stopped_past_the_deadline_the_command_is_killed_on_fg() {
     assert_eq!(beat(&ready), frozen, "the command was killed before it could run again");
     zk.wait_children(&lock, 0);
 }
+
+/// `-v` lines say when: stamped with RFC 3339 milliseconds when stderr is not a terminal (cron
+/// mail, CI logs), plain on a terminal; acquisition and release both have a line.
+#[test]
+fn verbose_lines_are_stamped_when_stderr_is_not_a_terminal() {
+    let lock = unique_lock_path("stamped");
+    let out = output(run_shared(&lock, &["-v"], &["true"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let stamped = |line: &str| {
+        let Some(rest) = line.strip_prefix("zklock: ") else { return false };
+        let Some((stamp, _)) = rest.split_once(' ') else { return false };
+        stamp.len() == "2026-12-03T02:00:00.123Z".len()
+            && stamp.ends_with('Z')
+            && humantime::parse_rfc3339(stamp).is_ok()
+    };
+    assert!(err.lines().count() >= 2, "{err}");
+    assert!(err.lines().all(stamped), "every line stamped: {err}");
+    assert!(err.contains("acquired ") && err.contains(&format!("released {lock}")), "{err}");
+
+    // On a terminal (script(1) gives it one): no stamps.
+    let zk = shared_zk();
+    let bin = assert_cmd::cargo::cargo_bin("zklock");
+    let line = format!(
+        "{} run -z {} --server-tick {}ms -v {lock} -- true",
+        bin.display(),
+        zk.connect_string(),
+        zk.tick().as_millis()
+    );
+    let tty = std::process::Command::new("script").args(["-qec", &line, "/dev/null"]).output().unwrap();
+    assert!(tty.status.success(), "{tty:?}");
+    let text = String::from_utf8_lossy(&tty.stdout).replace('\r', "");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("zklock: ")).collect();
+    assert!(!lines.is_empty(), "{text}");
+    assert!(lines.iter().all(|l| !stamped(l)), "no stamps on a terminal: {text}");
+}

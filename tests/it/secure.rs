@@ -128,12 +128,14 @@ fn digest_creator_read_lets_others_see_the_lock_but_neither_delete_nor_queue() {
     let nodes = bob.children(&lock);
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     let node = format!("{lock}/{}", nodes[0]);
-    // The default with credentials is creator+read, on the node and on every parent created.
+    // The default with credentials is creator+read, on the node and the lock directory; the
+    // parent created above it also lets anyone create (their own lock directories).
     for path in [&node, &lock, &top] {
         let acl = bob.acl(path);
-        assert_eq!(acl.len(), 2, "{path}: {acl:?}");
+        assert_eq!(acl.len(), if path == &top { 3 } else { 2 }, "{path}: {acl:?}");
         assert!(acl.iter().any(|a| a.starts_with("digest:alice:") && a.ends_with("=ALL")), "{path}: {acl:?}");
         assert!(acl.contains(&"world:anyone=READ".to_string()), "{path}: {acl:?}");
+        assert_eq!(acl.contains(&"world:anyone=CREATE".to_string()), path == &top, "{path}: {acl:?}");
     }
 
     // Bob, and anyone, can see who holds it.
@@ -307,12 +309,60 @@ fn mutual_tls_needs_a_client_certificate_signed_by_the_ca_and_gives_an_identity(
     let argv = gate.argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let child = gate.hold(run_as(server, &secure, None, lock, &good, &argv));
+    // status creates nothing: it takes no --acl.
     let out = status_as(&secure, None, &good, lock);
+    assert_fails(&out, "unexpected argument '--acl'");
+    let mtls = certs.mtls_args("client");
+    let mtls: Vec<&str> = mtls.iter().map(String::as_str).collect();
+    let out = status_as(&secure, None, &mtls, lock);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = status_as(&server.connect_string(), None, &[], lock);
     assert_fails(&out, &format!("not authorised to list {lock}"));
     assert_eq!(gate.release(child), 0);
-    let out = status_as(&secure, None, &good, lock);
+    let out = status_as(&secure, None, &mtls, lock);
     assert_eq!(code(&out), 1, "free again, no node left: {}", stdout(&out));
     assert!(stdout(&out).contains(&format!("{lock}: free")), "{}", stdout(&out));
+}
+
+/// With `creator+read` and `creator`, the parents zklock creates above a lock directory give
+/// anyone CREATE: a second identity makes its own lock directory beside ours, and still can
+/// neither delete our lock node nor join our lock (both need rights on our lock directory).
+#[test]
+fn shared_parents_let_other_identities_make_their_own_locks_but_not_touch_ours() {
+    let server = shared_zk();
+    let connect = server.connect_string();
+    let dir = TempDir::new().unwrap();
+    let (alice, bob) = (digest("alice", "pw"), digest("bob", "bob-pw"));
+    for policy in ["creator+read", "creator"] {
+        let (top, _) = secure_path("parents");
+        let (ours, theirs) = (format!("{top}/team/alice"), format!("{top}/team/bob"));
+        let gate = Gate::new(dir.path(), policy);
+        let argv = gate.argv();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let child = gate.hold(run_as(server, &connect, Some("digest:alice:pw"), &ours, &["--acl", policy], &argv));
+        for parent in [top.clone(), format!("{top}/team")] {
+            let acl = alice.acl(&parent);
+            assert!(acl.iter().any(|a| a.starts_with("digest:alice:") && a.ends_with("=ALL")), "{policy}: {acl:?}");
+            assert!(acl.contains(&"world:anyone=CREATE".to_string()), "{policy} {parent}: {acl:?}");
+        }
+        let lock_acl = alice.acl(&ours);
+        assert!(!lock_acl.iter().any(|a| a.contains("CREATE") && a.starts_with("world:")), "{policy}: {lock_acl:?}");
+
+        // Bob's first run anywhere under the shared parents works.
+        let out = output(run_as(
+            server,
+            &connect,
+            Some("digest:bob:bob-pw"),
+            &theirs,
+            &["--acl", policy],
+            &["echo", "bob ran"],
+        ));
+        assert_eq!((code(&out), stdout(&out).as_str()), (0, "bob ran\n"), "{policy}: {}", stderr(&out));
+        // ... but he cannot join our lock, nor delete our node.
+        let out = output(run_as(server, &connect, Some("digest:bob:bob-pw"), &ours, &["-n"], &["true"]));
+        assert_fails(&out, &format!("not authorised to create a lock node under {ours}"));
+        let node = format!("{ours}/{}", alice.children(&ours)[0]);
+        assert_eq!(bob.try_delete(&node), Err(zookeeper_client::Error::NoAuth), "{policy}");
+        assert_eq!(gate.release(child), 0, "{policy}: our command ran to its end");
+    }
 }

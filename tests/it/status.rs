@@ -307,3 +307,60 @@ fn json_shape_is_stable() {
     zk.delete(&format!("{lock}/notes"));
     holder.release();
 }
+
+/// A holder whose node an operator deleted (an unclean vanishing): the waiter granted the lock
+/// waits out the lock-delay, and status shows it as delayed with the time left, in every
+/// format; the vanished holder's command is stopped (124). SIGTERM ends the delay cleanly.
+#[test]
+fn a_holder_waiting_out_the_lock_delay_shows_as_delayed() {
+    let zk = shared();
+    let parent = unique_lock_path("delayed");
+    let lock = format!("{parent}/lock");
+    let dir = TempDir::new().unwrap();
+    let (mut first, _gate) = hold_shared(&lock, &["--lock-delay", "60s"], dir.path(), "first");
+    let waiter_gate = Gate::new(dir.path(), "waiter");
+    let argv = waiter_gate.argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let waiter = run_shared(&lock, &["-v", "--lock-delay", "1s"], &argv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let nodes = zk.wait_children(&lock, 2);
+    let holder_node = nodes.iter().min_by_key(|n| n.rsplit('-').next().unwrap().to_owned()).unwrap().clone();
+    zk.delete(&format!("{lock}/{holder_node}"));
+    assert_eq!(wait_status(&mut first).code(), Some(124), "the holder whose node vanished lost the lock");
+
+    // The holder's own value (60 s) is what its successor honours, not the waiter's 1 s.
+    let mut doc = serde_json::Value::Null;
+    crate::support::wait_until(PATIENCE, "status to show the waiter delayed", || {
+        doc = json(&[&lock]);
+        doc["locks"][0]["holder"]["delay_seconds_left"].as_f64().is_some()
+    });
+    let holder = &doc["locks"][0]["holder"];
+    let left = holder["delay_seconds_left"].as_f64().unwrap();
+    assert!(left > 5.0 && left <= 60.0, "{doc}");
+    assert!(holder["delayed_until"].is_string(), "{doc}");
+    assert_eq!(holder["holding"], true, "{doc}");
+    let text = stdout(&status(&[&lock]));
+    assert!(text.contains("delayed (") && text.contains("left)"), "{text}");
+    assert!(text.contains("lock-delay: its command starts in"), "{text}");
+    let recursive = stdout(&status(&["-r", &parent]));
+    assert!(recursive.lines().any(|l| l.contains(&lock) && l.contains("delayed")), "{recursive}");
+    let prom = stdout(&status(&["--format", "prometheus", &lock]));
+    let sample = prom.lines().find(|l| l.starts_with("zklock_lock_delay_seconds{")).expect(&prom);
+    let value: f64 = sample.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value > 5.0, "{prom}");
+    assert!(!waiter_gate.ready.exists(), "the command must not start during the lock-delay");
+
+    // A TERM during the delay ends it: no command, no node, the signal's status.
+    send(waiter.id(), Signal::SIGTERM);
+    let out = wait_output(waiter);
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", stderr(&out));
+    assert!(stderr(&out).contains("vanished without a clean release"), "{}", stderr(&out));
+    assert!(!waiter_gate.ready.exists());
+    assert_eq!(zk.children(&lock), Vec::<String>::new());
+    // Free again, the directory carries the release record and is still found as a lock.
+    let recursive = stdout(&status(&["-r", &parent]));
+    assert!(recursive.lines().any(|l| l.contains(&lock) && l.contains("free")), "{recursive}");
+}

@@ -24,6 +24,8 @@ use super::{ZkEnsemble, ZkOptions, READY_TIMEOUT};
 pub mod op {
     pub const CREATE: i32 = 1;
     pub const DELETE: i32 = 2;
+    pub const SET_DATA: i32 = 5;
+    pub const CHECK: i32 = 13;
     pub const GET_CHILDREN: i32 = 8;
     pub const GET_CHILDREN2: i32 = 12;
     pub const MULTI: i32 = 14;
@@ -301,7 +303,13 @@ fn reader(conn: Arc<Conn>, mut src: TcpStream, tx: Sender<Item>, dir: Dir) {
                         // Every frame but the ConnectRequest starts with xid and opcode.
                         if frames > 0 && bytes.len() >= 12 {
                             let op = i32::from_be_bytes(bytes[8..12].try_into().unwrap());
-                            conn.shared.state().requests.push((op, read));
+                            let mut st = conn.shared.state();
+                            st.requests.push((op, read));
+                            // A multi's operations count as requests of their own (zklock
+                            // releases with a multi that deletes its node).
+                            if op == op::MULTI {
+                                st.requests.extend(multi_ops(&bytes[12..]).into_iter().map(|o| (o, read)));
+                            }
                         }
                         frames += 1;
                     }
@@ -610,6 +618,34 @@ impl Drop for Proxy {
             let _ = t.join();
         }
     }
+}
+
+/// The opcodes of the operations in a multi request's body (check, setData, delete, create),
+/// as far as they can be read.
+fn multi_ops(body: &[u8]) -> Vec<i32> {
+    let int = |at: usize| body.get(at..at + 4).map(|b| i32::from_be_bytes(b.try_into().unwrap()));
+    // A buffer or string: its length, then its bytes (-1: none).
+    let skip_buffer = |at: usize| int(at).map(|len| at + 4 + usize::try_from(len).unwrap_or(0));
+    let mut ops = Vec::new();
+    let mut at = 0;
+    // MultiHeader: type, done (one byte), err; done ends the list.
+    while let (Some(kind), Some(&done)) = (int(at), body.get(at + 4)) {
+        if done != 0 {
+            break;
+        }
+        at += 9;
+        let next = match kind {
+            op::DELETE | op::CHECK => skip_buffer(at).map(|a| a + 4),
+            op::SET_DATA => skip_buffer(at).and_then(skip_buffer).map(|a| a + 4),
+            _ => None,
+        };
+        ops.push(kind);
+        match next {
+            Some(a) => at = a,
+            None => break,
+        }
+    }
+    ops
 }
 
 fn parse_connect_response(body: &[u8]) -> Option<Session> {
