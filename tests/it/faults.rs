@@ -26,6 +26,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+use crate::safety;
 use crate::support::proxy::{expire_session, op, Mode, ProxiedEnsemble, Proxy};
 use crate::support::secure::{Certs, TlsServer};
 use crate::support::{four_letter_timeout, ZkEnsemble, ZkOptions, ZkServer, READY_TIMEOUT};
@@ -176,7 +177,7 @@ pub(crate) fn settle(zk: &Zk, lock: &str, patience: Duration) -> Vec<String> {
 }
 
 /// Checks the history and panics with it on failure.
-fn verify(bed: &Bed, zk: &Zk, lock: &str, runs: &[Run]) {
+pub(crate) fn verify(bed: &Bed, zk: &Zk, lock: &str, runs: &[Run]) {
     let leaked = settle(zk, lock, PATIENCE);
     let report = check(&bed.history.events(), runs, &leaked);
     if std::env::var_os("ZKLOCK_FAULTS_SHOW").is_some() {
@@ -575,42 +576,47 @@ fn waiter_timing_out_during_a_partition_leaves_no_node() {
     verify(&bed, &zk, lock, &runs);
 }
 
-/// Scenario 9: zklock frozen (SIGSTOP) past the session timeout while its command runs on;
-/// the waiter gets the lock when the session expires. Resumed, zklock stops the command at
-/// once (its deadline has long passed: no new threshold is granted) and exits 124; the next
-/// holder's token is larger (the fence for the overlap a frozen zklock cannot prevent).
+/// Scenario 9: zklock alone frozen (SIGSTOP) past the session timeout, a waiter queued, its
+/// command a shell with a grandchild in its group. The guard, no longer renewed, SIGKILLs the
+/// whole group at zklock's own SIGKILL instant (2.66 s after the last confirmed heartbeat),
+/// while zklock is still frozen and before the server expires the session (4 s and more) and
+/// the waiter starts: no overlap to excuse. Resumed, zklock exits 124. The holder's lock-delay
+/// is off, so that the guard alone keeps the two apart.
 #[test]
-fn zklock_frozen_past_the_session_timeout_stops_the_command_at_once_when_resumed() {
+fn zklock_frozen_past_the_session_timeout_has_its_command_group_killed_by_the_guard_before_the_waiter_starts() {
     let _turn = serial();
     let server = ZkServer::start();
     let zk = Zk::connect(&server.connect_string());
     let bed = Bed::new();
     let lock = "/faults/frozen-zklock";
-    let mut holder = bed.spawn("holder", &server.connect_string(), server.tick(), lock, &opts("4s"), bed.until("h.go"));
+    let holder_opts =
+        safety::with_grandchild(&bed, "holder", lock, &["-v", "--session-timeout", "4s", "--lock-delay", "0s"]);
+    let holder_opts: Vec<&str> = holder_opts.iter().map(String::as_str).collect();
+    let mut holder =
+        bed.spawn("holder", &server.connect_string(), server.tick(), lock, &holder_opts, bed.until("h.go"));
     bed.history.wait_event("holder", "start", PATIENCE);
-    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("4s"), bed.until("w.go"));
+    let pgid = bed.history.commands()["holder"].pid as u32;
+    let grandchild = safety::grandchild_of(&bed, "holder");
+    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("4s"), Hold::Beats(3));
     zk.wait_children(lock, 2);
 
-    let frozen = bed.history.note("test", "freeze holder's zklock");
+    bed.history.note("test", "freeze holder's zklock");
     holder.signal(Signal::SIGSTOP);
-    bed.history.wait_event("waiter", "start", PATIENCE);
-    let holder_pid = bed.history.commands()["holder"].pid;
-    assert!(alive(holder_pid), "the frozen zklock's command runs on");
-    let thawed = bed.history.note("test", "resume holder's zklock");
+    let (waiter_start, gone) = safety::watch_group_until_start(&bed, pgid, "waiter");
+    bed.history.note("test", "resume holder's zklock");
     holder.signal(Signal::SIGCONT);
-    let holder_code = holder.wait();
-    let last = bed.history.commands()["holder"].last;
-    bed.release("w.go");
 
-    let runs =
-        [Run::new("holder", holder_code, &[124]).excused(frozen, thawed), Run::new("waiter", waiter.wait(), &[0])];
+    let runs = [Run::new("holder", holder.wait(), &[124]), Run::new("waiter", waiter.wait(), &[0])];
     verify(&bed, &zk, lock, &runs);
+    let gone = gone.expect("the frozen zklock's command group was never seen gone");
+    assert!(gone < waiter_start.ts, "the frozen zklock's command group was alive when the waiter started");
     let cmds = bed.history.commands();
+    assert!(cmds["holder"].last < waiter_start.ts);
+    assert!(!alive(grandchild), "the grandchild outlived the guard's SIGKILL");
     assert!(cmds["waiter"].token > cmds["holder"].token);
-    // "At once": well within the 1.87 s a freshly armed threshold would take.
-    let after = Duration::from_nanos(last.saturating_sub(thawed));
-    assert!(after < Duration::from_millis(1_870), "command alive {after:?} after zklock resumed");
-    assert!(!alive(holder_pid));
+    let err = holder.stderr();
+    let guard: Vec<&str> = err.lines().filter(|l| l.contains("zklock: guard:")).collect();
+    assert!(guard.len() == 1 && guard[0].contains("SIGKILL"), "the guard's line: {err}");
 }
 
 /// Scenario 10: the server restarted within the threshold (T = 20 s: stop signal 11.9 s after
