@@ -122,12 +122,12 @@ mod tests {
         // The writer behind a reader that still holds only waited.
         assert!(!could_have_held(&[reader.clone(), next.clone()], &writer));
         // With the reader gone too, it may have held between the two.
-        assert!(could_have_held(&[next.clone()], &writer));
+        assert!(could_have_held(std::slice::from_ref(&next), &writer));
         // A reader ahead of another is never shut out by it.
-        assert!(could_have_held(&[next.clone()], &reader));
+        assert!(could_have_held(std::slice::from_ref(&next), &reader));
         let (h, w1, w2) = (node("_c_a-lock-0000000001"), node("_c_b-lock-0000000002"), node("_c_c-lock-0000000003"));
         assert!(!could_have_held(&[h.clone(), w2.clone()], &w1), "behind the holder: a waiter");
-        assert!(could_have_held(&[w2.clone()], &w1));
+        assert!(could_have_held(std::slice::from_ref(&w2), &w1));
         assert!(could_have_held(&[w2], &h));
         // --limit 2: the second node of a semaphore holds beside the first.
         let (l1, l2, l3) = (
