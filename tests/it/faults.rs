@@ -13,182 +13,17 @@
 //! Fault tests run one at a time ([`serial`]): they start JVMs and are sensitive to a starved CPU.
 //! `ZKLOCK_FAULTS_SHOW=1` prints each test's history (with `--nocapture`).
 
-pub mod history;
-
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-use tempfile::TempDir;
 
 use crate::safety;
+use crate::support::fixtures::{opts, verify};
+use crate::support::history::{Hold, Run};
 use crate::support::proxy::{expire_session, op, Mode, ProxiedEnsemble, Proxy};
 use crate::support::secure::{Certs, TlsServer};
+use crate::support::{addr, alive, serial, Bed, Zk, PATIENCE};
 use crate::support::{four_letter_timeout, ZkEnsemble, ZkOptions, ZkServer, READY_TIMEOUT};
-use crate::util::{alive, run_cmd, Zk, PATIENCE};
-use history::{check, History, Hold, Run};
-
-/// Fault tests (and the randomized run) take turns: each starts its own servers.
-pub(crate) fn serial() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
-
-/// A temp dir with the history in it.
-pub(crate) struct Bed {
-    pub dir: TempDir,
-    pub history: History,
-}
-
-impl Bed {
-    pub fn new() -> Bed {
-        let dir = TempDir::new().unwrap();
-        let history = History::new(dir.path());
-        Bed { dir, history }
-    }
-
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A hold that ends when the test creates `<dir>/<name>`.
-    pub fn until(&self, name: &str) -> Hold {
-        Hold::UntilFile(self.file(name))
-    }
-
-    pub fn release(&self, name: &str) {
-        std::fs::write(self.file(name), "").unwrap();
-    }
-
-    /// Starts `zklock run --server-tick <tick> OPTS LOCK -- <history command for id>`.
-    pub fn spawn(&self, id: &str, connect: &str, tick: Duration, lock: &str, opts: &[&str], hold: Hold) -> Zklock {
-        Zklock::spawn(&self.history, self.dir.path(), id, connect, tick, lock, opts, &hold)
-    }
-}
-
-/// One zklock process. Dropping it kills it if it still runs (its command dies with it).
-pub(crate) struct Zklock {
-    pub id: String,
-    child: Child,
-    stderr: PathBuf,
-    history: PathBuf,
-    exit: Option<i32>,
-}
-
-impl Zklock {
-    #[allow(clippy::too_many_arguments)]
-    pub fn spawn(
-        history: &History,
-        dir: &Path,
-        id: &str,
-        connect: &str,
-        tick: Duration,
-        lock: &str,
-        opts: &[&str],
-        hold: &Hold,
-    ) -> Zklock {
-        let stderr = dir.join(format!("{id}.stderr"));
-        let argv = history.argv(id, hold);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut cmd = run_cmd(connect, tick, lock, opts, &argv);
-        cmd.env("LC_ALL", "C").stdout(Stdio::null()).stderr(File::create(&stderr).unwrap());
-        history.note(id, "zklock-spawn");
-        let child = cmd.spawn().expect("spawn zklock");
-        Zklock { id: id.to_owned(), child, stderr, history: history.path().to_owned(), exit: None }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn signal(&self, sig: Signal) {
-        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    fn record(&mut self, status: std::process::ExitStatus) -> i32 {
-        use std::os::unix::process::ExitStatusExt;
-        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        self.exit = Some(code);
-        let line = format!("{} {} zklock-exit {code}\n", history::now_ns(), self.id);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&self.history).unwrap();
-        std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
-        code
-    }
-
-    /// The exit code, if it exited (records it in the history once).
-    pub fn try_exit(&mut self) -> Option<i32> {
-        if self.exit.is_none() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.record(status);
-            }
-        }
-        self.exit
-    }
-
-    /// Waits (with patience) for the exit code.
-    pub fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + PATIENCE * 2;
-        loop {
-            if let Some(code) = self.try_exit() {
-                return code;
-            }
-            assert!(Instant::now() < deadline, "zklock {} did not exit in time; stderr:\n{}", self.id, self.stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Zklock {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- stderr of zklock {} ---\n{}", self.id, self.stderr());
-        }
-        if self.exit.is_none() && self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT);
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Waits (with patience) until `lock` has no children; returns what is left.
-pub(crate) fn settle(zk: &Zk, lock: &str, patience: Duration) -> Vec<String> {
-    let deadline = Instant::now() + patience;
-    loop {
-        let left = zk.children(lock);
-        if left.is_empty() || Instant::now() >= deadline {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Checks the history and panics with it on failure.
-pub(crate) fn verify(bed: &Bed, zk: &Zk, lock: &str, runs: &[Run]) {
-    let leaked = settle(zk, lock, PATIENCE);
-    let report = check(&bed.history.events(), runs, &leaked);
-    if std::env::var_os("ZKLOCK_FAULTS_SHOW").is_some() {
-        eprintln!("{}--- history ---\n{}", report.describe(), bed.history.dump());
-    }
-    report.assert_ok(&bed.history);
-}
-
-fn opts(session_timeout: &'static str) -> [&'static str; 3] {
-    ["-v", "--session-timeout", session_timeout]
-}
 
 /// Servers that accept session timeouts up to 20 s (tickTime 500 ms).
 fn long_sessions() -> ZkOptions {
@@ -344,7 +179,7 @@ fn session_expired_by_the_server_stops_the_command_at_once_and_the_waiter_procee
 /// The index of a member that is not the leader.
 fn a_follower(ensemble: &ZkEnsemble) -> (usize, usize) {
     let leader = ensemble.wait_for_leader(READY_TIMEOUT);
-    ((leader + 1) % ensemble.len(), leader)
+    ((leader + 1) % ensemble.servers().len(), leader)
 }
 
 /// Scenario 4: the leader is killed while the holder is connected to a follower: a new leader

@@ -11,4 +11,3 @@ mod safety;
 mod secure;
 mod status;
 mod support;
-mod util;

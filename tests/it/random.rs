@@ -5,7 +5,7 @@
 //! restarts, leader kills, quorum loss, a follower cut from the leader, server freezes, zklock
 //! frozen alone (its guard kills the command by the deadline) and the whole holder frozen for
 //! less than T + lock-delay (its successor waits the lock-delay). No overlap is excused: then
-//! everything heals and the whole history is checked (see `faults::history`).
+//! everything heals and the whole history is checked (see `support::history`).
 //!
 //! It prints one line: seed, faults injected, commands run, overlaps, leaked nodes, unexpected
 //! exit codes. A failure prints the seed; replay with
@@ -26,12 +26,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::faults::history::{check, now_ns, Bound, History, Hold, Run};
-use crate::faults::{serial, settle, Zklock};
+use crate::support::fixtures::settle;
 use crate::support::freeze::{children_of, pgid_of, WholeHolder};
+use crate::support::history::{check, now_ns, Bound, History, Hold, Run};
 use crate::support::proxy::{Mode, ProxiedEnsemble, Proxy};
+use crate::support::Zk;
+use crate::support::{serial, Zklock};
 use crate::support::{ZkOptions, READY_TIMEOUT};
-use crate::util::Zk;
 
 const CONTENDERS: usize = 8;
 const SERVERS: usize = 3;

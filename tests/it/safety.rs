@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::faults::history::{check, Bound, Event, Hold, Report, Run};
-use crate::faults::{addr, serial, settle, verify, Bed, Zklock};
+use crate::support::fixtures::{settle, verify};
 use crate::support::freeze::{guard_of, pgid_of, WholeHolder};
+use crate::support::history::{check, Bound, Event, Hold, Report, Run};
 use crate::support::proxy::{expire_session, Mode, Proxy};
+use crate::support::{addr, serial, Bed, Zklock};
+use crate::support::{alive, output, read_pid, run_shared, stderr, wait_status, Zk, PATIENCE};
 use crate::support::{shared_zk, unique_lock_path, wait_until, ZkServer};
-use crate::util::{alive, output, read_pid, run_shared, stderr, wait_status, Zk, PATIENCE};
 
 /// Prepended to the history script by [`with_grandchild`]: a background subshell (a grandchild
 /// of zklock, in the command's group) that beats in the history under the run's id, and a
