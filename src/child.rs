@@ -180,7 +180,12 @@ pub fn spawn(
     let child = cmd.spawn().map_err(SpawnError::Spawn)?;
     let pid = child.id().expect("a just-spawned child has a pid");
     let pgid = Pid::from_raw(pid as i32);
-    guard.set_group(pgid);
+    if let Err(e) = guard.set_group(pgid) {
+        // No guard: the command must not run. It is killed with its group before it can do
+        // much (it has only just been exec'd).
+        let _ = killpg(pgid, Signal::SIGKILL);
+        return Err(SpawnError::Unprotected(e));
+    }
     // Wait for the leader on its own task, so that the supervisor can select on its exit
     // while it signals the group.
     let mut leader = child.into_inner();

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::queue::{verdict, Contender, Verdict};
+
 /// How many cleanly released names the record keeps: a contender checks names that vanished
 /// since its previous listing, so only a burst of more releases than this between two of its
 /// listings could push a clean name out (and then it waits a delay it did not need to).
@@ -69,6 +71,17 @@ pub enum NodeDelay {
     Foreign,
 }
 
+/// Whether `gone`, a node that stood in the queue before and is gone now, could have held the
+/// lock when it vanished. Not if a node still in the queue (`now`) stood ahead of it and shuts
+/// it out: that node existed all the while `gone` did, so `gone` only ever waited (a waiter
+/// whose session expired while it waited demands no delay). More nodes ahead only shut out
+/// more, so judging by the ones still here is safe.
+pub fn could_have_held(now: &[Contender], gone: &Contender) -> bool {
+    let mut queue: Vec<Contender> = now.iter().filter(|c| c.seq < gone.seq).cloned().collect();
+    queue.push(gone.clone());
+    !matches!(verdict(&queue, queue.len() - 1), Ok(Verdict::Wait { .. }))
+}
+
 /// The delay a contender that proceeds must wait, and the node that demands it: the longest
 /// any node in `gone` (ahead of it before, gone now, not cleanly released) demands. `known`
 /// holds what the contender read of nodes' data; `own` is its own `--lock-delay`, assumed for
@@ -96,6 +109,36 @@ pub fn due(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::classify;
+
+    fn node(name: &str) -> Contender {
+        classify(name).unwrap()
+    }
+
+    #[test]
+    fn a_node_shut_out_by_one_still_here_never_held() {
+        let (reader, writer, next) =
+            (node("_c_a-__READ__0000000001"), node("_c_b-__WRIT__0000000002"), node("_c_c-__READ__0000000003"));
+        // The writer behind a reader that still holds only waited.
+        assert!(!could_have_held(&[reader.clone(), next.clone()], &writer));
+        // With the reader gone too, it may have held between the two.
+        assert!(could_have_held(std::slice::from_ref(&next), &writer));
+        // A reader ahead of another is never shut out by it.
+        assert!(could_have_held(std::slice::from_ref(&next), &reader));
+        let (h, w1, w2) = (node("_c_a-lock-0000000001"), node("_c_b-lock-0000000002"), node("_c_c-lock-0000000003"));
+        assert!(!could_have_held(&[h.clone(), w2.clone()], &w1), "behind the holder: a waiter");
+        assert!(could_have_held(std::slice::from_ref(&w2), &w1));
+        assert!(could_have_held(&[w2], &h));
+        // --limit 2: the second node of a semaphore holds beside the first.
+        let (l1, l2, l3) = (
+            node("_c_a-__LIMIT_2__0000000001"),
+            node("_c_b-__LIMIT_2__0000000002"),
+            node("_c_c-__LIMIT_2__0000000003"),
+        );
+        assert!(could_have_held(&[l1.clone(), l3.clone()], &l2));
+        let l4 = node("_c_d-__LIMIT_2__0000000004");
+        assert!(!could_have_held(&[l1, l2, l4], &l3), "third of --limit 2 behind two still here");
+    }
 
     fn s(n: u64) -> Duration {
         Duration::from_secs(n)

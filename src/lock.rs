@@ -359,22 +359,24 @@ impl<'a, C: Clock> Recipe<'a, C> {
     }
 
     /// The nodes ahead of ours that exclude us: every one, but for a reader only writers.
-    fn excluding_ahead(&self, turn: &Turn) -> Vec<String> {
+    fn excluding_ahead(&self, turn: &Turn) -> Vec<Contender> {
         turn.queue[..turn.pos]
             .iter()
             .filter(|c| self.mode != Mode::Read || c.kind.mode().excludes_all())
-            .map(|c| c.name.clone())
+            .cloned()
             .collect()
     }
 
     /// Reads the data of the holders ahead of us that we know nothing of yet (one round
-    /// trip), to learn what each demands if it vanishes. Failures are left unknown: a vanished
-    /// node we know nothing of demands our own lock-delay.
-    async fn learn_holders(&self, turn: &Turn) {
+    /// trip), to learn what each demands if it vanishes; the node we are about to watch is
+    /// read by the watch itself. Failures are left unknown: a vanished node we know nothing of
+    /// demands our own lock-delay.
+    async fn learn_holders(&self, turn: &Turn, watched: &Watch) {
         let unknown: Vec<String> = crate::queue::holders(&turn.queue)
             .into_iter()
             .filter(|&i| i < turn.pos)
             .map(|i| turn.queue[i].name.clone())
+            .filter(|name| !matches!(watched, Watch::Node(w) if w == name))
             .filter(|name| !self.known.borrow().contains_key(name))
             .take(MAX_DATA_READS)
             .collect();
@@ -404,8 +406,8 @@ impl<'a, C: Clock> Recipe<'a, C> {
         let mut told = usize::MAX;
         let confirmed = Cell::new(node.created);
         // The nodes that excluded us at the previous listing: one of them gone without a clean
-        // release when we proceed is a holder that may still run, frozen.
-        let mut before: Vec<String> = Vec::new();
+        // release when we proceed, if it could have held, is a holder that may still run, frozen.
+        let mut before: Vec<Contender> = Vec::new();
         loop {
             // The check is sent at once; the listing sent after it is answered after it.
             let stale = self.clock.now() >= confirmed.get().at() + pace.recheck_after;
@@ -418,8 +420,12 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
             let (watch, next_in_line, ahead) = match &turn.verdict {
                 Verdict::Proceed => {
-                    let now: Vec<&str> = turn.queue.iter().map(|c| c.name.as_str()).collect();
-                    let gone: Vec<String> = before.into_iter().filter(|n| !now.contains(&n.as_str())).collect();
+                    let gone: Vec<String> = before
+                        .into_iter()
+                        .filter(|b| !turn.queue.iter().any(|c| c.name == b.name))
+                        .filter(|b| crate::delay::could_have_held(&turn.queue, b))
+                        .map(|b| b.name)
+                        .collect();
                     let delay =
                         crate::delay::due(&gone, &self.dir.borrow().released, &self.known.borrow(), self.lock_delay);
                     return Ok(Acquired::Yes { waited, confirmed: confirmed.get(), delay });
@@ -435,7 +441,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
             waited = true;
             before = self.excluding_ahead(&turn);
-            self.learn_holders(&turn).await;
+            self.learn_holders(&turn, &watch).await;
             match watch {
                 Watch::Node(predecessor) => {
                     self.watch_until_gone(node, &predecessor, next_in_line, &confirmed, pace.heartbeat).await?

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::wait::waitpid;
@@ -47,6 +47,8 @@ pub struct Guard {
 
 /// What the guard reads when zklock is done with the group.
 const DISARM: u8 = b'd';
+/// What it reads, followed by the pgid (4 bytes, native order), once the command is spawned.
+const GROUP: u8 = b'g';
 /// What the guard writes once it holds no descriptor of zklock's but its own.
 const READY: u8 = b'r';
 /// What it writes when it could not close them: zklock must not start the command.
@@ -65,8 +67,6 @@ struct Block {
     args: Args,
     /// zklock's SIGKILL instant, nanoseconds on CLOCK_BOOTTIME; only ever moves forward.
     kill_at_ns: AtomicU64,
-    /// The command's process group, 0 until it is spawned.
-    pgid: AtomicI32,
     stack: [u8; STACK],
 }
 
@@ -115,8 +115,9 @@ impl Guard {
         use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
         use rustix::time::{timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags};
         use rustix::time::{TimerfdTimerFlags, Timespec};
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let (ours, theirs): (OwnedFd, OwnedFd) = (ours.into(), theirs.into());
+        // SOCK_SEQPACKET: each message arrives whole, and end-of-file when zklock is gone.
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
         let timer = timerfd_create(TimerfdClockId::Boottime, TimerfdFlags::CLOEXEC)?;
         let armed_ns = nanos(kill_at).max(1);
         let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
@@ -132,8 +133,7 @@ impl Guard {
             armed_ns,
             fault: fault_injected(),
         };
-        let mut block =
-            Box::new(Block { args, kill_at_ns: AtomicU64::new(armed_ns), pgid: AtomicI32::new(0), stack: [0; STACK] });
+        let mut block = Box::new(Block { args, kill_at_ns: AtomicU64::new(armed_ns), stack: [0; STACK] });
         // The top of the stack, 16-byte aligned as the ABI wants.
         let top = block.stack.as_mut_ptr().wrapping_add(STACK);
         let top = top.wrapping_sub(top as usize % 16);
@@ -183,11 +183,19 @@ impl Guard {
         }
     }
 
-    /// The command's group, once it is spawned: what the guard kills.
-    pub fn set_group(&self, pgid: Pid) {
-        if let Some(block) = &self.block {
-            block.pgid.store(pgid.as_raw(), Ordering::Release);
+    /// The command's group, once it is spawned: what the guard kills. Should the guard's
+    /// instant have passed before it knew the group (zklock stopped between arming it and
+    /// spawning), it kills the group as soon as it is told. `Err`: the guard is gone, and the
+    /// command must not run.
+    pub fn set_group(&self, pgid: Pid) -> io::Result<()> {
+        let sock = self.sock.as_ref().expect("armed");
+        let mut msg = [GROUP, 0, 0, 0, 0];
+        msg[1..].copy_from_slice(&pgid.as_raw().to_ne_bytes());
+        let sent = nix::sys::socket::send(sock.as_raw_fd(), &msg, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)?;
+        if sent != msg.len() {
+            return Err(io::Error::other("the guard process was not told the command's group"));
         }
+        Ok(())
     }
 
     /// Moves the guard's SIGKILL instant forward (never back) to `kill_at` (CLOCK_BOOTTIME).
@@ -307,6 +315,8 @@ unsafe fn close_all_but(keep: &[i32; 3], fault: u8) {
 /// The guard's whole life: keep only its socket, its timer and stderr; say whether that
 /// worked; leave zklock's process group (a signal to zklock's job must not kill the guard);
 /// then wait for one of three things:
+/// - "group" on the socket: the command's group, spawned (killed at once if the instant passed
+///   before);
 /// - "disarm" on the socket: exit, killing nothing;
 /// - end-of-file on the socket (zklock died): SIGKILL the command's group;
 /// - the timer, at the SIGKILL instant: if zklock renewed it meanwhile, re-arm it at the new
@@ -342,22 +352,33 @@ unsafe fn guard_main(block: &Block) -> ! {
     }
     let _ = setpgid(None, None);
     let mut armed = args.armed_ns;
+    // The command's group, 0 until zklock says; `expired`: the instant passed before that.
+    let mut pgid = 0;
+    let mut expired = false;
+    const FROZEN: &[u8] =
+        b"zklock: guard: no word from zklock by its SIGKILL instant (frozen, hung or starved?); sent SIGKILL to the command's group\n";
     loop {
         let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::IN), PollFd::from_borrowed_fd(timer, PollFlags::IN)];
         if let Err(e) = poll(&mut fds, None) {
             if e == rustix::io::Errno::INTR {
                 continue;
             }
-            kill_group(block, stderr, b"zklock: guard: cannot wait for zklock; sent SIGKILL to the command's group\n");
+            kill_group(pgid, stderr, b"zklock: guard: cannot wait for zklock; sent SIGKILL to the command's group\n");
         }
         let (sock_ready, timer_ready) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
         if sock_ready {
-            let mut byte = [0u8; 1];
-            match rustix::io::read(sock, &mut byte) {
-                Ok(1) if byte[0] == DISARM => exit(0),
+            let mut msg = [0u8; 8];
+            match rustix::io::read(sock, &mut msg) {
+                Ok(1) if msg[0] == DISARM => exit(0),
+                Ok(5) if msg[0] == GROUP => {
+                    pgid = i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]);
+                    if expired {
+                        kill_group(pgid, stderr, FROZEN);
+                    }
+                }
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
                 // End-of-file: zklock is gone (killed) without disarming.
-                _ => kill_group(block, stderr, b""),
+                _ => kill_group(pgid, stderr, b""),
             }
         }
         if timer_ready {
@@ -365,14 +386,19 @@ unsafe fn guard_main(block: &Block) -> ! {
             let _ = rustix::io::read(timer, &mut expirations);
             let kill_at = block.kill_at_ns.load(Ordering::Acquire);
             if kill_at <= armed {
-                kill_group(block, stderr, b"zklock: guard: no word from zklock by its SIGKILL instant (frozen, hung or starved?); sent SIGKILL to the command's group\n");
+                if pgid != 0 {
+                    kill_group(pgid, stderr, FROZEN);
+                }
+                // Not spawned yet: kill it once zklock says which group it is.
+                expired = true;
+                continue;
             }
             armed = kill_at;
             let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
             let spec = Itimerspec { it_interval: zero, it_value: timespec(armed) };
             if timerfd_settime(timer, TimerfdTimerFlags::ABSTIME, &spec).is_err() {
                 kill_group(
-                    block,
+                    pgid,
                     stderr,
                     b"zklock: guard: cannot re-arm its timer; sent SIGKILL to the command's group\n",
                 );
@@ -381,14 +407,14 @@ unsafe fn guard_main(block: &Block) -> ! {
     }
 }
 
-/// SIGKILLs the command's group (if it was spawned), says `why` on stderr if that found
+/// SIGKILLs the command's group `pgid` (0: not spawned), says `why` on stderr if that found
 /// processes, and ends the guard.
 ///
 /// # Safety
 /// As [`guard_main`].
-unsafe fn kill_group(block: &Block, stderr: rustix::fd::BorrowedFd<'_>, why: &[u8]) -> ! {
+unsafe fn kill_group(pgid: i32, stderr: rustix::fd::BorrowedFd<'_>, why: &[u8]) -> ! {
     use rustix::process::{kill_process_group, Pid as RawPid, Signal as RawSignal};
-    if let Some(group) = RawPid::from_raw(block.pgid.load(Ordering::Acquire)) {
+    if let Some(group) = RawPid::from_raw(pgid) {
         if kill_process_group(group, RawSignal::KILL).is_ok() && !why.is_empty() {
             let _ = rustix::io::write(stderr, why);
         }

@@ -7,8 +7,8 @@ use std::process::{Output, Stdio};
 
 use tempfile::TempDir;
 
+use crate::support::*;
 use crate::support::{shared_zk, unique_lock_path};
-use crate::util::*;
 
 fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or_else(|| panic!("zklock died of a signal: {:?}", out.status))

@@ -13,181 +13,17 @@
 //! Fault tests run one at a time ([`serial`]): they start JVMs and are sensitive to a starved CPU.
 //! `ZKLOCK_FAULTS_SHOW=1` prints each test's history (with `--nocapture`).
 
-pub mod history;
-
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-use tempfile::TempDir;
 
+use crate::safety;
+use crate::support::fixtures::{opts, verify};
+use crate::support::history::{Hold, Run};
 use crate::support::proxy::{expire_session, op, Mode, ProxiedEnsemble, Proxy};
 use crate::support::secure::{Certs, TlsServer};
+use crate::support::{addr, alive, serial, Bed, Zk, PATIENCE};
 use crate::support::{four_letter_timeout, ZkEnsemble, ZkOptions, ZkServer, READY_TIMEOUT};
-use crate::util::{alive, run_cmd, Zk, PATIENCE};
-use history::{check, History, Hold, Run};
-
-/// Fault tests (and the randomized run) take turns: each starts its own servers.
-pub(crate) fn serial() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
-
-/// A temp dir with the history in it.
-pub(crate) struct Bed {
-    pub dir: TempDir,
-    pub history: History,
-}
-
-impl Bed {
-    pub fn new() -> Bed {
-        let dir = TempDir::new().unwrap();
-        let history = History::new(dir.path());
-        Bed { dir, history }
-    }
-
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A hold that ends when the test creates `<dir>/<name>`.
-    pub fn until(&self, name: &str) -> Hold {
-        Hold::UntilFile(self.file(name))
-    }
-
-    pub fn release(&self, name: &str) {
-        std::fs::write(self.file(name), "").unwrap();
-    }
-
-    /// Starts `zklock run --server-tick <tick> OPTS LOCK -- <history command for id>`.
-    pub fn spawn(&self, id: &str, connect: &str, tick: Duration, lock: &str, opts: &[&str], hold: Hold) -> Zklock {
-        Zklock::spawn(&self.history, self.dir.path(), id, connect, tick, lock, opts, &hold)
-    }
-}
-
-/// One zklock process. Dropping it kills it if it still runs (its command dies with it).
-pub(crate) struct Zklock {
-    pub id: String,
-    child: Child,
-    stderr: PathBuf,
-    history: PathBuf,
-    exit: Option<i32>,
-}
-
-impl Zklock {
-    #[allow(clippy::too_many_arguments)]
-    pub fn spawn(
-        history: &History,
-        dir: &Path,
-        id: &str,
-        connect: &str,
-        tick: Duration,
-        lock: &str,
-        opts: &[&str],
-        hold: &Hold,
-    ) -> Zklock {
-        let stderr = dir.join(format!("{id}.stderr"));
-        let argv = history.argv(id, hold);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut cmd = run_cmd(connect, tick, lock, opts, &argv);
-        cmd.env("LC_ALL", "C").stdout(Stdio::null()).stderr(File::create(&stderr).unwrap());
-        history.note(id, "zklock-spawn");
-        let child = cmd.spawn().expect("spawn zklock");
-        Zklock { id: id.to_owned(), child, stderr, history: history.path().to_owned(), exit: None }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn signal(&self, sig: Signal) {
-        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    fn record(&mut self, status: std::process::ExitStatus) -> i32 {
-        use std::os::unix::process::ExitStatusExt;
-        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        self.exit = Some(code);
-        let line = format!("{} {} zklock-exit {code}\n", history::now_ns(), self.id);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&self.history).unwrap();
-        std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
-        code
-    }
-
-    /// The exit code, if it exited (records it in the history once).
-    pub fn try_exit(&mut self) -> Option<i32> {
-        if self.exit.is_none() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.record(status);
-            }
-        }
-        self.exit
-    }
-
-    /// Waits (with patience) for the exit code.
-    pub fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + PATIENCE * 2;
-        loop {
-            if let Some(code) = self.try_exit() {
-                return code;
-            }
-            assert!(Instant::now() < deadline, "zklock {} did not exit in time; stderr:\n{}", self.id, self.stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Zklock {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- stderr of zklock {} ---\n{}", self.id, self.stderr());
-        }
-        if self.exit.is_none() && self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT);
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Waits (with patience) until `lock` has no children; returns what is left.
-pub(crate) fn settle(zk: &Zk, lock: &str, patience: Duration) -> Vec<String> {
-    let deadline = Instant::now() + patience;
-    loop {
-        let left = zk.children(lock);
-        if left.is_empty() || Instant::now() >= deadline {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Checks the history and panics with it on failure.
-fn verify(bed: &Bed, zk: &Zk, lock: &str, runs: &[Run]) {
-    let leaked = settle(zk, lock, PATIENCE);
-    let report = check(&bed.history.events(), runs, &leaked);
-    if std::env::var_os("ZKLOCK_FAULTS_SHOW").is_some() {
-        eprintln!("{}--- history ---\n{}", report.describe(), bed.history.dump());
-    }
-    report.assert_ok(&bed.history);
-}
-
-fn opts(session_timeout: &'static str) -> [&'static str; 3] {
-    ["-v", "--session-timeout", session_timeout]
-}
 
 /// Servers that accept session timeouts up to 20 s (tickTime 500 ms).
 fn long_sessions() -> ZkOptions {
@@ -343,7 +179,7 @@ fn session_expired_by_the_server_stops_the_command_at_once_and_the_waiter_procee
 /// The index of a member that is not the leader.
 fn a_follower(ensemble: &ZkEnsemble) -> (usize, usize) {
     let leader = ensemble.wait_for_leader(READY_TIMEOUT);
-    ((leader + 1) % ensemble.len(), leader)
+    ((leader + 1) % ensemble.servers().len(), leader)
 }
 
 /// Scenario 4: the leader is killed while the holder is connected to a follower: a new leader
@@ -575,42 +411,47 @@ fn waiter_timing_out_during_a_partition_leaves_no_node() {
     verify(&bed, &zk, lock, &runs);
 }
 
-/// Scenario 9: zklock frozen (SIGSTOP) past the session timeout while its command runs on;
-/// the waiter gets the lock when the session expires. Resumed, zklock stops the command at
-/// once (its deadline has long passed: no new threshold is granted) and exits 124; the next
-/// holder's token is larger (the fence for the overlap a frozen zklock cannot prevent).
+/// Scenario 9: zklock alone frozen (SIGSTOP) past the session timeout, a waiter queued, its
+/// command a shell with a grandchild in its group. The guard, no longer renewed, SIGKILLs the
+/// whole group at zklock's own SIGKILL instant (2.66 s after the last confirmed heartbeat),
+/// while zklock is still frozen and before the server expires the session (4 s and more) and
+/// the waiter starts: no overlap to excuse. Resumed, zklock exits 124. The holder's lock-delay
+/// is off, so that the guard alone keeps the two apart.
 #[test]
-fn zklock_frozen_past_the_session_timeout_stops_the_command_at_once_when_resumed() {
+fn zklock_frozen_past_the_session_timeout_has_its_command_group_killed_by_the_guard_before_the_waiter_starts() {
     let _turn = serial();
     let server = ZkServer::start();
     let zk = Zk::connect(&server.connect_string());
     let bed = Bed::new();
     let lock = "/faults/frozen-zklock";
-    let mut holder = bed.spawn("holder", &server.connect_string(), server.tick(), lock, &opts("4s"), bed.until("h.go"));
+    let holder_opts =
+        safety::with_grandchild(&bed, "holder", lock, &["-v", "--session-timeout", "4s", "--lock-delay", "0s"]);
+    let holder_opts: Vec<&str> = holder_opts.iter().map(String::as_str).collect();
+    let mut holder =
+        bed.spawn("holder", &server.connect_string(), server.tick(), lock, &holder_opts, bed.until("h.go"));
     bed.history.wait_event("holder", "start", PATIENCE);
-    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("4s"), bed.until("w.go"));
+    let pgid = bed.history.commands()["holder"].pid as u32;
+    let grandchild = safety::grandchild_of(&bed, "holder");
+    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("4s"), Hold::Beats(3));
     zk.wait_children(lock, 2);
 
-    let frozen = bed.history.note("test", "freeze holder's zklock");
+    bed.history.note("test", "freeze holder's zklock");
     holder.signal(Signal::SIGSTOP);
-    bed.history.wait_event("waiter", "start", PATIENCE);
-    let holder_pid = bed.history.commands()["holder"].pid;
-    assert!(alive(holder_pid), "the frozen zklock's command runs on");
-    let thawed = bed.history.note("test", "resume holder's zklock");
+    let (waiter_start, gone) = safety::watch_group_until_start(&bed, pgid, "waiter");
+    bed.history.note("test", "resume holder's zklock");
     holder.signal(Signal::SIGCONT);
-    let holder_code = holder.wait();
-    let last = bed.history.commands()["holder"].last;
-    bed.release("w.go");
 
-    let runs =
-        [Run::new("holder", holder_code, &[124]).excused(frozen, thawed), Run::new("waiter", waiter.wait(), &[0])];
+    let runs = [Run::new("holder", holder.wait(), &[124]), Run::new("waiter", waiter.wait(), &[0])];
     verify(&bed, &zk, lock, &runs);
+    let gone = gone.expect("the frozen zklock's command group was never seen gone");
+    assert!(gone < waiter_start.ts, "the frozen zklock's command group was alive when the waiter started");
     let cmds = bed.history.commands();
+    assert!(cmds["holder"].last < waiter_start.ts);
+    assert!(!alive(grandchild), "the grandchild outlived the guard's SIGKILL");
     assert!(cmds["waiter"].token > cmds["holder"].token);
-    // "At once": well within the 1.87 s a freshly armed threshold would take.
-    let after = Duration::from_nanos(last.saturating_sub(thawed));
-    assert!(after < Duration::from_millis(1_870), "command alive {after:?} after zklock resumed");
-    assert!(!alive(holder_pid));
+    let err = holder.stderr();
+    let guard: Vec<&str> = err.lines().filter(|l| l.contains("zklock: guard:")).collect();
+    assert!(guard.len() == 1 && guard[0].contains("SIGKILL"), "the guard's line: {err}");
 }
 
 /// Scenario 10: the server restarted within the threshold (T = 20 s: stop signal 11.9 s after

@@ -9,10 +9,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use zookeeper_client::{Acls, CreateMode};
 
-use crate::support::{
-    children, four_letter, get_data, mkdir_p, shared_zk, unique_lock_path, wait_for_file_line, wait_until, zk_client,
-    ZkEnsemble, ZkServer,
-};
+use crate::support::client::{children, get_data, mkdir_p, zk_client};
+use crate::support::{four_letter, shared_zk, unique_lock_path, wait_for_file_line, wait_until, ZkEnsemble, ZkServer};
 
 fn persistent() -> zookeeper_client::CreateOptions<'static> {
     CreateMode::Persistent.with_acls(Acls::anyone_all())
@@ -104,7 +102,7 @@ async fn stop_and_restart_keep_data() {
 #[tokio::test]
 async fn ensemble_elects_one_leader_and_accepts_writes() {
     let mut ens = ZkEnsemble::start(3);
-    assert_eq!(ens.len(), 3);
+    assert_eq!(ens.servers().len(), 3);
     let modes: Vec<String> = ens.servers().iter().map(|s| s.mode().unwrap_or_default()).collect();
     assert_eq!(modes.iter().filter(|m| *m == "leader").count(), 1, "modes: {modes:?}");
     assert_eq!(modes.iter().filter(|m| *m == "follower").count(), 2, "modes: {modes:?}");

@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 
 use std::collections::BTreeMap;
 
-use crate::faults::history::{self, check, Bound, History, Hold, Run};
+use crate::support::history::{self, check, Bound, History, Hold, Run};
+use crate::support::*;
 use crate::support::{shared_zk, unique_lock_path};
-use crate::util::*;
 
 const JARS: &[&str] = &[
     "curator-framework",
@@ -152,7 +152,7 @@ impl Bed {
             assert_eq!(status.code(), Some(0), "{} failed: {err}", c.id);
             runs.push(Run::new(&c.id, 0, &[0]).on(&self.lock, c.bound));
         }
-        let leaked = crate::faults::settle(&self.zk, &self.lock, PATIENCE);
+        let leaked = crate::support::fixtures::settle(&self.zk, &self.lock, PATIENCE);
         let report = check(&self.history.events(), &runs, &leaked);
         report.assert_ok(&self.history);
         assert_eq!(report.commands, runs.len(), "every contender ran");

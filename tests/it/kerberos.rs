@@ -14,8 +14,8 @@ use tempfile::TempDir;
 
 use crate::support::kerberos::{skew_ticket_cache, KerberizedZk, ServerSettings, REALM};
 use crate::support::proxy::{Mode, Proxy};
-use crate::support::ZkOptions;
-use crate::util::*;
+
+use crate::support::*;
 
 fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or_else(|| panic!("zklock died of a signal: {:?}", out.status))
@@ -374,7 +374,7 @@ fn after_the_ticket_expires_a_reconnect_works_with_a_keytab_and_loses_the_lock_w
 /// authentication).
 #[test]
 fn a_silent_partition_over_kerberos_stops_the_holder_before_the_waiter_starts() {
-    let _turn = crate::faults::serial();
+    let _turn = crate::support::serial();
     let bed = KerberizedZk::start(ServerSettings::default());
     let dir = TempDir::new().unwrap();
     let cc = dir.path().join("alice.cc");

@@ -8,7 +8,7 @@ mod modes;
 mod monitor;
 mod random;
 mod run;
+mod safety;
 mod secure;
 mod status;
 mod support;
-mod util;

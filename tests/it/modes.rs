@@ -7,8 +7,8 @@ use std::process::{Child, Stdio};
 
 use tempfile::TempDir;
 
+use crate::support::*;
 use crate::support::{shared_zk, unique_lock_path, wait_for_file_line};
-use crate::util::*;
 
 fn shared() -> Zk {
     Zk::connect(&shared_zk().connect_string())

@@ -7,8 +7,8 @@ use std::process::{Command, Output, Stdio};
 use tempfile::TempDir;
 use zookeeper_client::{Acls, CreateMode};
 
+use crate::support::*;
 use crate::support::{shared_zk, unique_lock_path};
-use crate::util::*;
 
 fn status(args: &[&str]) -> Output {
     let mut c = zklock(&shared_zk().connect_string());

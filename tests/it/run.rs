@@ -8,8 +8,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
+use crate::support::*;
 use crate::support::{self, shared_zk, unique_lock_path, wait_for_file_line, ZkOptions, ZkServer};
-use crate::util::*;
 
 fn shared() -> Zk {
     Zk::connect(&shared_zk().connect_string())

@@ -11,8 +11,8 @@ use tempfile::TempDir;
 use zookeeper_client::{Client, SaslOptions};
 
 use crate::support::secure::{Certs, SaslServer, TlsServer};
+use crate::support::*;
 use crate::support::{shared_zk, ZkServer};
-use crate::util::*;
 
 fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or_else(|| panic!("zklock died of a signal: {:?}", out.status))

@@ -9,8 +9,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
+use crate::support::*;
 use crate::support::{shared_zk, unique_lock_path};
-use crate::util::*;
 
 fn shared() -> Zk {
     Zk::connect(&shared_zk().connect_string())

@@ -505,10 +505,6 @@ impl Proxy {
         &self.shared.name
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -516,14 +512,6 @@ impl Proxy {
     /// `"127.0.0.1:PORT"` of the proxy.
     pub fn connect_string(&self) -> String {
         format!("127.0.0.1:{}", self.addr.port())
-    }
-
-    pub fn target(&self) -> SocketAddr {
-        self.shared.target
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.shared.mode()
     }
 
     /// Switches the mode; [`Mode::Reset`] resets every open connection now.
@@ -593,11 +581,6 @@ impl Proxy {
     /// How many replies the create trigger swallowed.
     pub fn fired(&self) -> usize {
         self.shared.state().fired
-    }
-
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
-        self.shared.state().accepted
     }
 }
 

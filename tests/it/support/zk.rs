@@ -91,7 +91,6 @@ struct Membership<'a> {
 }
 
 /// Outcome of waiting for a server to serve.
-#[derive(Debug)]
 enum Readiness {
     Ready,
     /// The JVM exited (typically: client port taken by someone else).
@@ -99,6 +98,17 @@ enum Readiness {
     /// Something else answers on our port.
     Foreign,
     TimedOut,
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Readiness::Ready => f.write_str("ready"),
+            Readiness::Exited(status) => write!(f, "the JVM exited ({status})"),
+            Readiness::Foreign => f.write_str("something else answers on the port"),
+            Readiness::TimedOut => f.write_str("timed out"),
+        }
+    }
 }
 
 /// One ZooKeeper server process (standalone, or a member of a [`ZkEnsemble`]).
@@ -136,7 +146,7 @@ impl ZkServer {
                     panic!("ZooKeeper on port {port} not serving after {READY_TIMEOUT:?}\n{}", server.log_report())
                 }
                 other => {
-                    let _ = writeln!(failures, "attempt {attempt} on port {port}: {other:?}\n{}", server.log_report());
+                    let _ = writeln!(failures, "attempt {attempt} on port {port}: {other}\n{}", server.log_report());
                 }
             }
         }
@@ -222,11 +232,9 @@ impl ZkServer {
     pub fn wait_ready(&self, timeout: Duration) {
         match self.poll_ready(Instant::now() + timeout) {
             Readiness::Ready => {}
-            other => panic!(
-                "ZooKeeper on port {} not ready ({other:?}) within {timeout:?}\n{}",
-                self.port,
-                self.log_report()
-            ),
+            other => {
+                panic!("ZooKeeper on port {} not ready ({other}) within {timeout:?}\n{}", self.port, self.log_report())
+            }
         }
     }
 
@@ -427,7 +435,7 @@ impl ZkEnsemble {
                         );
                     }
                     other => {
-                        failed = Some(format!("attempt {attempt}: member {i}: {other:?}\n{}", s.log_report()));
+                        failed = Some(format!("attempt {attempt}: member {i}: {other}\n{}", s.log_report()));
                         break;
                     }
                 }
@@ -438,16 +446,6 @@ impl ZkEnsemble {
             }
         }
         panic!("could not start a {n}-server ZooKeeper ensemble in {START_ATTEMPTS} attempts:\n{failures}");
-    }
-
-    /// Number of members.
-    pub fn len(&self) -> usize {
-        self.servers.len()
-    }
-
-    /// Always false (an ensemble has at least one member).
-    pub fn is_empty(&self) -> bool {
-        self.servers.is_empty()
     }
 
     /// Connect string listing every member: `"127.0.0.1:P1,127.0.0.1:P2,..."`.

@@ -1,109 +1,22 @@
-//! Helpers for driving the zklock binary from tests: a blocking ZooKeeper client, the
-//! command builder, and waits that never rely on fixed sleeps.
-#![allow(dead_code)]
+//! Driving the zklock binary from tests: the command builders, waits that never rely on fixed
+//! sleeps, a command gated on a file ([`Gate`]), and the history-writing runner of the fault
+//! tests ([`Bed`], [`Zklock`]).
 
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use zookeeper_client::{Acls, Client, CreateMode, Stat};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tempfile::TempDir;
 
-use crate::support;
-
-/// How long any single wait in these tests may take before it is a failure.
-pub const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A blocking ZooKeeper client for tests that drive processes.
-pub struct Zk {
-    rt: tokio::runtime::Runtime,
-    pub client: Client,
-}
-
-impl Zk {
-    pub fn connect(connect: &str) -> Zk {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let client = rt.block_on(support::zk_client(connect));
-        Zk { rt, client }
-    }
-
-    /// A client that authenticates with `connector` (digest auth, SASL) before its session.
-    pub fn connect_with(connect: &str, connector: zookeeper_client::Connector) -> Zk {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let client = rt
-            .block_on(connector.with_session_timeout(support::CLIENT_SESSION_TIMEOUT).connect(connect))
-            .unwrap_or_else(|e| panic!("cannot connect to ZooKeeper at {connect}: {e}"));
-        Zk { rt, client }
-    }
-
-    /// Deletes `path`, returning the server's answer.
-    pub fn try_delete(&self, path: &str) -> Result<(), zookeeper_client::Error> {
-        self.rt.block_on(self.client.delete(path, None))
-    }
-
-    /// The ACL of `path` as `scheme:id=perms` strings (perms as ZooKeeper's bits).
-    pub fn acl(&self, path: &str) -> Vec<String> {
-        let (acls, _) = self.rt.block_on(self.client.get_acl(path)).unwrap_or_else(|e| panic!("get_acl({path}): {e}"));
-        acls.iter().map(|a| format!("{}:{}={}", a.auth_id().scheme(), a.auth_id().id(), a.permission())).collect()
-    }
-
-    pub fn children(&self, path: &str) -> Vec<String> {
-        self.rt.block_on(support::children(&self.client, path))
-    }
-
-    pub fn data(&self, path: &str) -> Option<(Vec<u8>, Stat)> {
-        match self.rt.block_on(self.client.get_data(path)) {
-            Ok(r) => Some(r),
-            Err(zookeeper_client::Error::NoNode) => None,
-            Err(e) => panic!("get_data({path}): {e}"),
-        }
-    }
-
-    pub fn delete(&self, path: &str) {
-        self.rt.block_on(self.client.delete(path, None)).unwrap_or_else(|e| panic!("delete({path}): {e}"));
-    }
-
-    pub fn mkdir(&self, path: &str) {
-        self.rt.block_on(support::mkdir_p(&self.client, path));
-    }
-
-    /// Creates an ephemeral sequential node `prefix<seq>` owned by this client's session.
-    pub fn create_ephemeral_seq(&self, prefix: &str, data: &[u8]) -> String {
-        let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
-        let (_, seq) = self.rt.block_on(self.client.create(prefix, data, &opts)).unwrap();
-        format!("{prefix}{seq}")
-    }
-
-    pub fn create_persistent(&self, path: &str, data: &[u8]) {
-        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
-        self.rt.block_on(self.client.create(path, data, &opts)).unwrap();
-    }
-
-    /// Creates `n` persistent, empty children `<parent>/<prefix><i>`, pipelined.
-    pub fn create_many(&self, parent: &str, prefix: &str, n: usize) {
-        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
-        let paths: Vec<String> = (0..n).map(|i| format!("{parent}/{prefix}{i:05}")).collect();
-        for batch in paths.chunks(1000) {
-            let creates: Vec<_> = batch.iter().map(|p| self.client.create(p, b"", &opts)).collect();
-            for (r, p) in self.rt.block_on(futures::future::join_all(creates)).into_iter().zip(batch) {
-                r.unwrap_or_else(|e| panic!("create {p}: {e}"));
-            }
-        }
-    }
-
-    pub fn session_id(&self) -> i64 {
-        self.client.session_id().0
-    }
-
-    /// Waits until `path` has exactly `n` children; returns them.
-    pub fn wait_children(&self, path: &str, n: usize) -> Vec<String> {
-        let mut last = Vec::new();
-        support::wait_until(PATIENCE, &format!("{path} to have {n} children"), || {
-            last = self.children(path);
-            last.len() == n
-        });
-        last
-    }
-}
+use crate::support::{
+    self,
+    history::{self, History, Hold},
+    PATIENCE,
+};
 
 /// The zklock binary with `ZKLOCK_ZK` pointing at `connect`, stdin closed.
 pub fn zklock(connect: &str) -> Command {
@@ -233,4 +146,130 @@ pub fn read_pid(path: &Path) -> i32 {
 
 pub fn send(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// The loopback address of `port`.
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// A temp dir with the history in it.
+pub struct Bed {
+    pub dir: TempDir,
+    pub history: History,
+}
+
+impl Bed {
+    pub fn new() -> Bed {
+        let dir = TempDir::new().unwrap();
+        let history = History::new(dir.path());
+        Bed { dir, history }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A hold that ends when the test creates `<dir>/<name>`.
+    pub fn until(&self, name: &str) -> Hold {
+        Hold::UntilFile(self.file(name))
+    }
+
+    pub fn release(&self, name: &str) {
+        std::fs::write(self.file(name), "").unwrap();
+    }
+
+    /// Starts `zklock run --server-tick <tick> OPTS LOCK -- <history command for id>`.
+    pub fn spawn(&self, id: &str, connect: &str, tick: Duration, lock: &str, opts: &[&str], hold: Hold) -> Zklock {
+        Zklock::spawn(&self.history, self.dir.path(), id, connect, tick, lock, opts, &hold)
+    }
+}
+
+/// One zklock process. Dropping it kills it if it still runs (its command dies with it).
+pub struct Zklock {
+    pub id: String,
+    child: Child,
+    stderr: PathBuf,
+    history: PathBuf,
+    exit: Option<i32>,
+}
+
+impl Zklock {
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn(
+        history: &History,
+        dir: &Path,
+        id: &str,
+        connect: &str,
+        tick: Duration,
+        lock: &str,
+        opts: &[&str],
+        hold: &Hold,
+    ) -> Zklock {
+        let stderr = dir.join(format!("{id}.stderr"));
+        let argv = history.argv(id, hold);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut cmd = run_cmd(connect, tick, lock, opts, &argv);
+        cmd.env("LC_ALL", "C").stdout(Stdio::null()).stderr(File::create(&stderr).unwrap());
+        history.note(id, "zklock-spawn");
+        let child = cmd.spawn().expect("spawn zklock");
+        Zklock { id: id.to_owned(), child, stderr, history: history.path().to_owned(), exit: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    fn record(&mut self, status: std::process::ExitStatus) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        self.exit = Some(code);
+        let line = format!("{} {} zklock-exit {code}\n", history::now_ns(), self.id);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.history).unwrap();
+        std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
+        code
+    }
+
+    /// The exit code, if it exited (records it in the history once).
+    pub fn try_exit(&mut self) -> Option<i32> {
+        if self.exit.is_none() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.record(status);
+            }
+        }
+        self.exit
+    }
+
+    /// Waits (with patience) for the exit code.
+    pub fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + PATIENCE * 2;
+        loop {
+            if let Some(code) = self.try_exit() {
+                return code;
+            }
+            assert!(Instant::now() < deadline, "zklock {} did not exit in time; stderr:\n{}", self.id, self.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Zklock {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- stderr of zklock {} ---\n{}", self.id, self.stderr());
+        }
+        if self.exit.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
