@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
-use crate::support::kerberos::{skew_ticket_cache, KerberizedZk, ServerSettings, REALM};
+use crate::support::kerberos::{skew_ticket_cache, KerberizedZk, ServerSettings, REALM, SERVER_PRINCIPAL};
 use crate::support::proxy::{Mode, Proxy};
 
 use crate::support::*;
@@ -296,6 +296,16 @@ fn each_kerberos_failure_is_one_line_naming_what_to_do() {
         &format!("the Kerberos ticket of alice@{REALM} in the ticket cache FILE:{} has expired, and the keytab {} (KRB5_CLIENT_KTNAME) lacks that principal (it holds bob@{REALM})", shown(&expired_cc), shown(&bed.bob_keytab)),
     );
 
+    // A server whose keytab lacks its principal's current key refuses the ticket the KDC
+    // issued for it.
+    bed.kdc.kadmin(&format!("cpw -randkey {SERVER_PRINCIPAL}"));
+    let out = run(&Creds::Cache(&valid_cc), &[]);
+    assert_fails(
+        &out,
+        &format!("authentication failed: ZooKeeper at {} refused our Kerberos ticket", bed.server.connect_string()),
+    );
+    assert!(stderr(&out).contains("the server's keytab lacks that principal's current key"), "{}", stderr(&out));
+
     // A KDC that does not answer (a ticket-granting ticket in the cache, no service ticket yet).
     let fresh_cc = d.join("fresh.cc");
     bed.kdc.kinit(&bed.alice_keytab, "alice", &fresh_cc, "10m");
@@ -353,6 +363,8 @@ fn after_the_ticket_expires_a_reconnect_works_with_a_keytab_and_loses_the_lock_w
     std::io::Read::read_to_string(cache_holder.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(124), "{err}");
     assert!(err.contains("lost /locks/expiring-cache while the command ran"), "{err}");
+    // -v shows why it could not reconnect, in the Kerberos library's words.
+    assert!(err.contains("Ticket expired"), "{err}");
     // The keytab gets a new ticket and the session goes on, its command still running.
     // The keytab gets a new ticket for the reconnect, and the session goes on: its command
     // still runs after the other's was stopped, and ends when it will.
