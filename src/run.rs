@@ -141,7 +141,7 @@ struct ExpiredWhileWaiting;
 
 /// Deletes whatever node this attempt created (found by our uuid if the create was cut short).
 async fn abandon<C: Clock>(recipe: &Recipe<'_, C>, created: Option<&OurNode>) {
-    if let Err(e) = recipe.release(created).await {
+    if let Err(e) = recipe.release(created, false).await {
         warn!("{e:#}");
     }
 }
@@ -192,7 +192,7 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
     };
     let (outcome, guard) = supervise(client, job, &node, &budget, t_ok, &mut child, signals).await;
     // Phase 5: the release, once the command and its whole group are gone.
-    match recipe.release(Some(&node)).await {
+    match recipe.release(Some(&node), true).await {
         Ok(()) => info!("released {}", job.args.lock),
         Err(e) => warn!("{e:#}"),
     }
