@@ -148,15 +148,16 @@ pub fn become_subreaper() {
 /// Spawns `argv` directly (no shell) in a new process group, with `env` added, inheriting
 /// stdin, stdout and stderr; `program` is `argv[0]` already resolved along PATH (argv[0] itself
 /// is passed on unchanged). The command gets SIGKILL if zklock dies, and its whole group gets
-/// SIGKILL from the guard at `kill_at` (CLOCK_BOOTTIME) unless the guard is renewed: the
-/// guard is armed first, and without it the command is not started.
+/// SIGKILL from `guard` at `kill_at` (CLOCK_BOOTTIME) unless the guard is renewed: the guard
+/// is armed first, and without it the command is not started.
 pub fn spawn(
     program: &std::path::Path,
     argv: &[OsString],
     env: &[(&str, String)],
+    mut guard: Guard,
     kill_at: Duration,
 ) -> Result<Child, SpawnError> {
-    let guard = Guard::arm(kill_at).map_err(SpawnError::Unprotected)?;
+    guard.arm(kill_at).map_err(SpawnError::Unprotected)?;
     let parent = nix::unistd::getpid();
     let mut cmd = CommandWrap::with_new(program, |cmd| {
         cmd.arg0(&argv[0]);

@@ -27,11 +27,14 @@ use crate::queue::{verdict, Contender, Verdict};
 /// listings could push a clean name out (and then it waits a delay it did not need to).
 pub const KEPT: usize = 32;
 
-/// The lock directory's data: the latest cleanly released node names, oldest first.
+/// The lock directory's data: the latest cleanly released node names, oldest first, and of
+/// those the latest that ran their command (held the lock) before releasing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Released {
     #[serde(rename = "zklock_released")]
     names: Vec<String>,
+    #[serde(rename = "zklock_held", default)]
+    held: Vec<String>,
 }
 
 impl Released {
@@ -50,13 +53,21 @@ impl Released {
         self.names.iter().any(|n| n == name)
     }
 
-    /// The record with `name` added (the oldest dropped beyond [`KEPT`]), as bytes.
-    pub fn with(&self, name: &str) -> Vec<u8> {
-        let mut names: Vec<&str> = self.names.iter().map(String::as_str).filter(|n| *n != name).collect();
-        names.push(name);
-        let skip = names.len().saturating_sub(KEPT);
-        let kept = Released { names: names[skip..].iter().map(|s| s.to_string()).collect() };
-        serde_json::to_vec(&kept).expect("the record serializes")
+    /// Whether `name` was released cleanly after running its command.
+    pub fn held(&self, name: &str) -> bool {
+        self.held.iter().any(|n| n == name)
+    }
+
+    /// The record with `name` added (the oldest dropped beyond [`KEPT`]), as bytes; `held`:
+    /// it ran its command.
+    pub fn with(&self, name: &str, held: bool) -> Vec<u8> {
+        fn add(list: &[String], name: &str) -> Vec<String> {
+            let mut names: Vec<String> = list.iter().filter(|n| *n != name).cloned().collect();
+            names.push(name.to_owned());
+            names.split_off(names.len().saturating_sub(KEPT))
+        }
+        let held = if held { add(&self.held, name) } else { self.held.clone() };
+        serde_json::to_vec(&Released { names: add(&self.names, name), held }).expect("the record serializes")
     }
 }
 
@@ -83,18 +94,30 @@ pub fn could_have_held(now: &[Contender], gone: &Contender) -> bool {
 }
 
 /// The delay a contender that proceeds must wait, and the node that demands it: the longest
-/// any node in `gone` (ahead of it before, gone now, not cleanly released) demands. `known`
-/// holds what the contender read of nodes' data; `own` is its own `--lock-delay`, assumed for
-/// a node it knows nothing of.
+/// any node in `gone` (ahead of it before, gone now) demands, counting only those that
+/// - were not released cleanly,
+/// - could have held when they vanished ([`could_have_held`] in the queue `now`), and
+/// - were not followed by a node they shut out that ran its command and released cleanly
+///   (it held after them, and waited out whatever they demanded).
+///
+/// `known` holds what the contender read of nodes' data; `own` is its own `--lock-delay`,
+/// assumed for a node it knows nothing of.
 pub fn due(
-    gone: &[String],
+    gone: &[Contender],
+    now: &[Contender],
     released: &Released,
     known: &HashMap<String, NodeDelay>,
     own: Duration,
 ) -> Option<(Duration, String)> {
+    let settlers: Vec<&Contender> = gone.iter().filter(|g| released.held(&g.name)).collect();
+    let settled =
+        |g: &Contender| settlers.iter().any(|x| x.seq > g.seq && !could_have_held(std::slice::from_ref(g), x));
     gone.iter()
-        .filter(|name| !released.contains(name))
-        .map(|name| {
+        .filter(|g| !released.contains(&g.name))
+        .filter(|g| could_have_held(now, g))
+        .filter(|g| !settled(g))
+        .map(|g| {
+            let name = &g.name;
             let d = match known.get(name.as_str()) {
                 Some(NodeDelay::Zklock(d)) => *d,
                 Some(NodeDelay::Foreign) => Duration::ZERO,
@@ -144,47 +167,84 @@ mod tests {
         Duration::from_secs(n)
     }
 
-    fn names(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
     #[test]
     fn record_round_trip_keeps_the_latest_names() {
         let mut r = Released::parse(b"");
         assert!(!r.contains("a"));
         for i in 0..40 {
-            r = Released::parse(&r.with(&format!("n{i}")));
+            r = Released::parse(&r.with(&format!("n{i}"), i % 2 == 0));
         }
         assert!(r.contains("n39") && r.contains("n8"));
         assert!(!r.contains("n7"), "only the latest {KEPT} are kept");
+        assert!(r.held("n38") && !r.held("n39"));
         // A name released twice (a retried multi) stands once.
-        let again = Released::parse(&r.with("n39"));
+        let again = Released::parse(&r.with("n39", false));
         assert_eq!(again, r);
         // Foreign data (Curator writes an address) counts as no record.
         assert_eq!(Released::parse(b"10.0.0.7"), Released::default());
         assert_eq!(Released::parse_strict(b"10.0.0.7"), None);
-        let text = String::from_utf8(Released::default().with("x")).unwrap();
-        assert_eq!(text, r#"{"zklock_released":["x"]}"#);
+        let text = String::from_utf8(Released::default().with("x", true)).unwrap();
+        assert_eq!(text, r#"{"zklock_released":["x"],"zklock_held":["x"]}"#);
+        // A record of an earlier build (no held list) still reads.
+        assert!(Released::parse(br#"{"zklock_released":["y"]}"#).contains("y"));
+    }
+
+    /// Exclusive nodes named `<name>`, with sequence numbers in the order given.
+    fn excl(names: &[&str]) -> Vec<Contender> {
+        names.iter().enumerate().map(|(i, n)| node(&format!("_c_{n}-lock-{:010}", i + 1))).collect()
     }
 
     #[test]
     fn only_a_vanished_node_demands_a_delay_and_the_longest_wins() {
-        let released = Released::parse(&Released::default().with("clean"));
+        let all = excl(&["clean", "short", "long", "curator", "old", "off", "unread"]);
+        let by = |n: &str| all.iter().find(|c| c.name.contains(&format!("_{n}-"))).unwrap().clone();
+        let released = Released::parse(&Released::default().with(&by("clean").name, false));
         let mut known = HashMap::new();
-        known.insert("clean".to_string(), NodeDelay::Zklock(s(30)));
-        known.insert("short".to_string(), NodeDelay::Zklock(s(2)));
-        known.insert("long".to_string(), NodeDelay::Zklock(s(9)));
-        known.insert("curator".to_string(), NodeDelay::Foreign);
-        known.insert("old".to_string(), NodeDelay::Unstated);
-        known.insert("off".to_string(), NodeDelay::Zklock(Duration::ZERO));
+        for (n, d) in [
+            ("clean", NodeDelay::Zklock(s(30))),
+            ("short", NodeDelay::Zklock(s(2))),
+            ("long", NodeDelay::Zklock(s(9))),
+            ("curator", NodeDelay::Foreign),
+            ("old", NodeDelay::Unstated),
+            ("off", NodeDelay::Zklock(Duration::ZERO)),
+        ] {
+            known.insert(by(n).name, d);
+        }
         let own = s(5);
-        assert_eq!(due(&[], &released, &known, own), None, "nothing vanished");
-        assert_eq!(due(&names(&["clean"]), &released, &known, own), None, "a clean release costs nothing");
-        assert_eq!(due(&names(&["short"]), &released, &known, own), Some((s(2), "short".into())), "its own value");
-        assert_eq!(due(&names(&["short", "long", "clean"]), &released, &known, own), Some((s(9), "long".into())));
-        assert_eq!(due(&names(&["curator"]), &released, &known, own), None, "foreign nodes promise nothing");
-        assert_eq!(due(&names(&["old"]), &released, &known, own), Some((s(5), "old".into())));
-        assert_eq!(due(&names(&["unread"]), &released, &known, own), Some((s(5), "unread".into())));
-        assert_eq!(due(&names(&["off"]), &released, &known, own), None, "--lock-delay 0s demands none");
+        let due_for = |names: &[&str]| {
+            let gone: Vec<Contender> = names.iter().map(|n| by(n)).collect();
+            due(&gone, &[], &released, &known, own).map(|(d, name)| (d, name.split('-').next().unwrap().to_owned()))
+        };
+        assert_eq!(due_for(&[]), None, "nothing vanished");
+        assert_eq!(due_for(&["clean"]), None, "a clean release costs nothing");
+        assert_eq!(due_for(&["short"]), Some((s(2), "_c_short".into())), "its own value");
+        assert_eq!(due_for(&["short", "long", "clean"]), Some((s(9), "_c_long".into())));
+        assert_eq!(due_for(&["curator"]), None, "foreign nodes promise nothing");
+        assert_eq!(due_for(&["old"]), Some((s(5), "_c_old".into())));
+        assert_eq!(due_for(&["unread"]), Some((s(5), "_c_unread".into())));
+        assert_eq!(due_for(&["off"]), None, "--lock-delay 0s demands none");
+    }
+
+    #[test]
+    fn a_later_holder_that_released_cleanly_settles_those_it_waited_for() {
+        let own = s(5);
+        let known = HashMap::new();
+        // A long queue drained while we waited: the last holder ran after all the others and
+        // released cleanly; names older than the record keeps are settled by it.
+        let queue: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+        let gone = excl(&queue.iter().map(String::as_str).collect::<Vec<_>>());
+        let released = Released::parse(&Released::default().with(&gone[99].name, true));
+        assert_eq!(due(&gone, &[], &released, &known, own), None);
+        // Released cleanly without running (gave up): it settles nothing.
+        let released = Released::parse(&Released::default().with(&gone[99].name, false));
+        assert!(due(&gone, &[], &released, &known, own).is_some());
+        // Readers do not shut each other out: a reader that held does not settle another.
+        let (r1, r2) = (node("_c_a-__READ__0000000001"), node("_c_b-__READ__0000000002"));
+        let released = Released::parse(&Released::default().with(&r2.name, true));
+        assert_eq!(due(&[r1.clone(), r2.clone()], &[], &released, &known, own).map(|(_, n)| n), Some(r1.name.clone()));
+        // A writer that held after a reader settles it.
+        let w = node("_c_c-__WRIT__0000000003");
+        let released = Released::parse(&Released::default().with(&w.name, true));
+        assert_eq!(due(&[r1, w], &[], &released, &known, own), None);
     }
 }

@@ -420,14 +420,15 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
             let (watch, next_in_line, ahead) = match &turn.verdict {
                 Verdict::Proceed => {
-                    let gone: Vec<String> = before
-                        .into_iter()
-                        .filter(|b| !turn.queue.iter().any(|c| c.name == b.name))
-                        .filter(|b| crate::delay::could_have_held(&turn.queue, b))
-                        .map(|b| b.name)
-                        .collect();
-                    let delay =
-                        crate::delay::due(&gone, &self.dir.borrow().released, &self.known.borrow(), self.lock_delay);
+                    let gone: Vec<Contender> =
+                        before.into_iter().filter(|b| !turn.queue.iter().any(|c| c.name == b.name)).collect();
+                    let delay = crate::delay::due(
+                        &gone,
+                        &turn.queue,
+                        &self.dir.borrow().released,
+                        &self.known.borrow(),
+                        self.lock_delay,
+                    );
                     return Ok(Acquired::Yes { waited, confirmed: confirmed.get(), delay });
                 }
                 Verdict::Wait { watch, next_in_line, ahead } => (watch.clone(), *next_in_line, *ahead),
@@ -534,10 +535,11 @@ impl<'a, C: Clock> Recipe<'a, C> {
         }
     }
 
-    /// Deletes our node and awaits the reply: a clean release (see [`Recipe::release_path`]).
-    /// Without a node (a cancelled create), deletes whatever node carries our uuid. A node
-    /// already gone, or gone with an expired session, is fine.
-    pub async fn release(&self, node: Option<&OurNode>) -> Result<()> {
+    /// Deletes our node and awaits the reply: a clean release (see [`Recipe::release_path`]);
+    /// `ran`: our command ran while we held. Without a node (a cancelled create), deletes
+    /// whatever node carries our uuid. A node already gone, or gone with an expired session,
+    /// is fine.
+    pub async fn release(&self, node: Option<&OurNode>, ran: bool) -> Result<()> {
         let paths = match node {
             Some(node) => vec![node.path.clone()],
             None => {
@@ -560,17 +562,17 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
         };
         for path in paths {
-            self.release_path(&path).await?;
+            self.release_path(&path, ran).await?;
         }
         Ok(())
     }
 
     /// A clean release of the node at `path`: one multi that deletes it and adds its name to
-    /// the lock directory's [`Released`] record, written only over the version we read last,
+    /// the lock directory's [`Released`] record (as one that held, if `ran`), written only over the version we read last,
     /// so that concurrent releases never drop each other's names (on a conflict: read again,
     /// retry). Successors tell it from a vanishing by the record. Where the record cannot be
     /// written (the directory's ACL), a plain delete: successors then wait a lock-delay.
-    async fn release_path(&self, path: &str) -> Result<()> {
+    async fn release_path(&self, path: &str, ran: bool) -> Result<()> {
         use zookeeper_client::{Error, MultiWriteError};
         let name = &path[self.lock.len() + 1..];
         let done = |why: &str| {
@@ -583,7 +585,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
             }
             let (record, version) = {
                 let dir = self.dir.borrow();
-                (dir.released.with(name), dir.version)
+                (dir.released.with(name, ran), dir.version)
             };
             let mut multi = self.client.new_multi_writer();
             multi.add_set_data(self.lock, &record, version)?;

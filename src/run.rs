@@ -141,7 +141,7 @@ struct ExpiredWhileWaiting;
 
 /// Deletes whatever node this attempt created (found by our uuid if the create was cut short).
 async fn abandon<C: Clock>(recipe: &Recipe<'_, C>, created: Option<&OurNode>) {
-    if let Err(e) = recipe.release(created).await {
+    if let Err(e) = recipe.release(created, false).await {
         warn!("{e:#}");
     }
 }
@@ -170,6 +170,10 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
     let mut doc = NodeData::for_this_process(job.args.label.as_deref(), &job.args.command[0], job.started_at);
     doc.lock_delay_ms = Some(lock_delay.as_millis() as u64);
     let recipe = Recipe::new(client, &job.args.lock, job.mode, &job.connect, lock_delay, clock);
+    // The command's guard, started now so that its start is not part of any handoff; it is
+    // armed just before the command starts.
+    let guard =
+        child::Guard::start().context("refusing to start the command unprotected: cannot start the guard process")?;
     let (node, waited, confirmed) = match acquire(client, job, &recipe, &budget, &doc, signals).await {
         Ok(Won { node, waited, confirmed }) => (node, waited, confirmed),
         Err(Lost(held)) => return held,
@@ -179,7 +183,7 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
         mark_acquired(client, &node, &mut doc);
     }
     signals.job_control = Some(JobControl::install());
-    let mut child = match start(client, job, &node, t_ok.at() + budget.kill_after()) {
+    let mut child = match start(client, job, &node, guard, t_ok.at() + budget.kill_after()) {
         Ok(child) => child,
         Err(code) => {
             abandon(&recipe, Some(&node)).await;
@@ -188,7 +192,7 @@ async fn hold(client: &Client, job: &Job<'_>, signals: &mut Signals) -> Result<H
     };
     let (outcome, guard) = supervise(client, job, &node, &budget, t_ok, &mut child, signals).await;
     // Phase 5: the release, once the command and its whole group are gone.
-    match recipe.release(Some(&node)).await {
+    match recipe.release(Some(&node), true).await {
         Ok(()) => info!("released {}", job.args.lock),
         Err(e) => warn!("{e:#}"),
     }
@@ -363,7 +367,13 @@ fn mark_acquired(client: &Client, node: &OurNode, doc: &mut NodeData) {
 
 /// Phase 3: the command, with the lock's environment, its guard armed to SIGKILL its group at
 /// `kill_at`; `Err` is the exit status when it cannot be started.
-fn start(client: &Client, job: &Job<'_>, node: &OurNode, kill_at: Duration) -> Result<Child, Exit> {
+fn start(
+    client: &Client,
+    job: &Job<'_>,
+    node: &OurNode,
+    guard: child::Guard,
+    kill_at: Duration,
+) -> Result<Child, Exit> {
     let args = job.args;
     let env = [
         ("ZKLOCK_LOCK", args.lock.clone()),
@@ -371,7 +381,7 @@ fn start(client: &Client, job: &Job<'_>, node: &OurNode, kill_at: Duration) -> R
         ("ZKLOCK_FENCING_TOKEN", node.czxid.to_string()),
         ("ZKLOCK_SESSION_ID", client.session_id().to_string()),
     ];
-    match child::spawn(&job.program, &args.command, &env, kill_at) {
+    match child::spawn(&job.program, &args.command, &env, guard, kill_at) {
         Ok(child) => {
             info!(
                 "acquired {} in {:.1?} (token {}); started {} as pid {}",

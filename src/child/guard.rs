@@ -41,6 +41,10 @@ pub struct Guard {
     pid: Pid,
     /// zklock's end of the socket pair; closing it (or zklock's death) is the alarm.
     sock: Option<OwnedFd>,
+    /// The guard's timer (the same open timer as the guard's): zklock arms it.
+    timer: OwnedFd,
+    /// Whether the guard said it holds none of zklock's descriptors.
+    ready: bool,
     /// Freed only once the guard is reaped.
     block: Option<Box<Block>>,
 }
@@ -77,10 +81,8 @@ struct Args {
     sock: i32,
     /// zklock's end: the guard must not hold it, or it would never see zklock die.
     peer: i32,
-    /// A timerfd on CLOCK_BOOTTIME, armed at the first SIGKILL instant.
+    /// A timerfd on CLOCK_BOOTTIME, armed by zklock at the first SIGKILL instant.
     timer: i32,
-    /// The instant the timer was armed at, nanoseconds.
-    armed_ns: u64,
     /// Fault injection for the tests (debug builds only): 1 = close_range fails, 2 = closing
     /// one by one fails too.
     fault: u8,
@@ -107,33 +109,25 @@ fn fault_injected() -> u8 {
 }
 
 impl Guard {
-    /// Starts the guard, armed to SIGKILL the command's group at `kill_at` (CLOCK_BOOTTIME),
-    /// and waits until it holds none of zklock's descriptors. `Err` means the command must not
-    /// be started: nothing would stop it if zklock froze or died.
-    pub fn arm(kill_at: Duration) -> io::Result<Guard> {
+    /// Starts the guard, not armed yet: it holds nothing but its own descriptors and waits.
+    /// Started early (while the lock is being acquired), so that its start is not part of
+    /// the time between a release and the next command; [`Guard::arm`] arms it before the
+    /// command starts.
+    pub fn start() -> io::Result<Guard> {
         use nix::libc;
         use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
-        use rustix::time::{timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags};
-        use rustix::time::{TimerfdTimerFlags, Timespec};
+        use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
         // SOCK_SEQPACKET: each message arrives whole, and end-of-file when zklock is gone.
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
         let timer = timerfd_create(TimerfdClockId::Boottime, TimerfdFlags::CLOEXEC)?;
-        let armed_ns = nanos(kill_at).max(1);
-        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
-        timerfd_settime(
-            &timer,
-            TimerfdTimerFlags::ABSTIME,
-            &Itimerspec { it_interval: zero, it_value: timespec(armed_ns) },
-        )?;
         let args = Args {
             sock: theirs.as_raw_fd(),
             peer: ours.as_raw_fd(),
             timer: timer.as_raw_fd(),
-            armed_ns,
             fault: fault_injected(),
         };
-        let mut block = Box::new(Block { args, kill_at_ns: AtomicU64::new(armed_ns), stack: [0; STACK] });
+        let mut block = Box::new(Block { args, kill_at_ns: AtomicU64::new(u64::MAX), stack: [0; STACK] });
         // The top of the stack, 16-byte aligned as the ABI wants.
         let top = block.stack.as_mut_ptr().wrapping_add(STACK);
         let top = top.wrapping_sub(top as usize % 16);
@@ -155,12 +149,32 @@ impl Guard {
         }
         // From here the guard may run on the block: `Guard` owns it, so every early return
         // below goes through `Drop`, which reaps the guard before freeing it.
-        let mut guard = Guard { pid: Pid::from_raw(pid), sock: Some(ours), block: Some(block) };
+        let guard = Guard { pid: Pid::from_raw(pid), sock: Some(ours), timer, ready: false, block: Some(block) };
         drop(theirs);
-        drop(timer);
         restored?;
-        guard.wait_ready()?;
         Ok(guard)
+    }
+
+    /// Arms the guard to SIGKILL the command's group at `kill_at` (CLOCK_BOOTTIME), once it
+    /// said it holds none of zklock's descriptors. `Err` means the command must not be
+    /// started: nothing would stop it if zklock froze or died.
+    pub fn arm(&mut self, kill_at: Duration) -> io::Result<()> {
+        use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
+        if !self.ready {
+            self.wait_ready()?;
+            self.ready = true;
+        }
+        let ns = nanos(kill_at).max(1);
+        if let Some(block) = &self.block {
+            block.kill_at_ns.store(ns, Ordering::Release);
+        }
+        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        timerfd_settime(
+            &self.timer,
+            TimerfdTimerFlags::ABSTIME,
+            &Itimerspec { it_interval: zero, it_value: timespec(ns) },
+        )?;
+        Ok(())
     }
 
     /// The guard's first word: it holds no descriptor of zklock's but its own.
@@ -274,6 +288,20 @@ unsafe fn syscall3(nr: nix::libc::c_long, a0: usize, a1: usize, a2: usize) -> Re
     }
 }
 
+/// Now on CLOCK_BOOTTIME, nanoseconds, by a raw system call (no vDSO lookup to initialise).
+fn boottime_ns() -> u64 {
+    let mut ts = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given, and nothing else.
+    let r = unsafe {
+        syscall3(nix::libc::SYS_clock_gettime, nix::libc::CLOCK_BOOTTIME as usize, &mut ts as *mut _ as usize, 0)
+    };
+    match r {
+        Ok(_) => ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        // Cannot fail for CLOCK_BOOTTIME; were it to, act as if the instant had come.
+        Err(_) => u64::MAX,
+    }
+}
+
 /// close_range(2) of `first..=last`.
 ///
 /// # Safety
@@ -351,7 +379,6 @@ unsafe fn guard_main(block: &Block) -> ! {
         exit(1);
     }
     let _ = setpgid(None, None);
-    let mut armed = args.armed_ns;
     // The command's group, 0 until zklock says; `expired`: the instant passed before that.
     let mut pgid = 0;
     let mut expired = false;
@@ -385,7 +412,7 @@ unsafe fn guard_main(block: &Block) -> ! {
             let mut expirations = [0u8; 8];
             let _ = rustix::io::read(timer, &mut expirations);
             let kill_at = block.kill_at_ns.load(Ordering::Acquire);
-            if kill_at <= armed {
+            if boottime_ns() >= kill_at {
                 if pgid != 0 {
                     kill_group(pgid, stderr, FROZEN);
                 }
@@ -393,9 +420,9 @@ unsafe fn guard_main(block: &Block) -> ! {
                 expired = true;
                 continue;
             }
-            armed = kill_at;
+            // Renewed meanwhile: wait for the new instant.
             let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
-            let spec = Itimerspec { it_interval: zero, it_value: timespec(armed) };
+            let spec = Itimerspec { it_interval: zero, it_value: timespec(kill_at) };
             if timerfd_settime(timer, TimerfdTimerFlags::ABSTIME, &spec).is_err() {
                 kill_group(
                     pgid,

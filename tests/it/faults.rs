@@ -40,10 +40,14 @@ fn silent_partition_past_the_threshold_stops_the_holder_before_the_waiter_starts
     let proxy = Proxy::to_port("holder", server.port());
     let bed = Bed::new();
     let lock = "/faults/partition-long";
-    let mut holder = bed.spawn("holder", &proxy.connect_string(), server.tick(), lock, &opts("4s"), bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
-    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("4s"), Hold::Beats(3));
-    zk.wait_children(lock, 2);
+    let (mut holder, mut waiter) = bed.holder_and_waiter(
+        &zk,
+        lock,
+        server.tick(),
+        (&proxy.connect_string(), &opts("4s")),
+        (&server.connect_string(), &opts("4s")),
+        Hold::Beats(3),
+    );
 
     bed.history.note("test", "partition holder");
     proxy.set_mode(Mode::Drop);
@@ -73,10 +77,14 @@ fn over_tls_the_holder_is_stopped_before_the_waiter_starts(lock: &str, fault: Mo
     let ca = Certs::shared().ca_args();
     let tls_opts: Vec<&str> = opts("4s").into_iter().chain(ca.iter().map(String::as_str)).collect();
     let tick = tls.server.tick();
-    let mut holder = bed.spawn("holder", &proxy.connect_string(), tick, lock, &tls_opts, bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
-    let mut waiter = bed.spawn("waiter", &tls.secure_connect_string(), tick, lock, &tls_opts, Hold::Beats(3));
-    zk.wait_children(lock, 2);
+    let (mut holder, mut waiter) = bed.holder_and_waiter(
+        &zk,
+        lock,
+        tick,
+        (&proxy.connect_string(), &tls_opts),
+        (&tls.secure_connect_string(), &tls_opts),
+        Hold::Beats(3),
+    );
 
     bed.history.note("test", &format!("{fault:?} holder"));
     proxy.set_mode(fault);
@@ -119,8 +127,7 @@ fn silent_partition_shorter_than_the_threshold_is_survived() {
     let bed = Bed::new();
     let lock = "/faults/partition-short";
     // T = 10 s: stop signal 5.6 s after the last confirmed heartbeat; the partition lasts 2.5 s.
-    let mut holder = bed.spawn("holder", &proxy.connect_string(), server.tick(), lock, &opts("10s"), bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut holder = bed.holder(lock, server.tick(), (&proxy.connect_string(), &opts("10s")));
     proxy.wait_reply(PATIENCE, "a first confirmed heartbeat", |r| r.op == op::MULTI && r.err == 0);
 
     bed.history.note("test", "partition holder");
@@ -151,10 +158,14 @@ fn session_expired_by_the_server_stops_the_command_at_once_and_the_waiter_procee
     let proxy = Proxy::to_port("holder", server.port());
     let bed = Bed::new();
     let lock = "/faults/expired";
-    let mut holder = bed.spawn("holder", &proxy.connect_string(), server.tick(), lock, &opts("10s"), bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
-    let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("10s"), Hold::Beats(3));
-    zk.wait_children(lock, 2);
+    let (mut holder, mut waiter) = bed.holder_and_waiter(
+        &zk,
+        lock,
+        server.tick(),
+        (&proxy.connect_string(), &opts("10s")),
+        (&server.connect_string(), &opts("10s")),
+        Hold::Beats(3),
+    );
     let session = proxy.wait_session(PATIENCE);
 
     // The server drops the holder's connection when we attach to its session; refusing its
@@ -194,10 +205,14 @@ fn leader_killed_while_the_holder_is_on_a_follower_is_survived() {
     let bed = Bed::new();
     let lock = "/faults/leader-killed";
     let tick = ensemble.server(0).tick();
-    let mut holder = bed.spawn("holder", &proxy.connect_string(), tick, lock, &opts("20s"), bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
-    let mut waiter = bed.spawn("waiter", &ensemble.connect_string(), tick, lock, &opts("20s"), Hold::Beats(3));
-    zk.wait_children(lock, 2);
+    let (mut holder, mut waiter) = bed.holder_and_waiter(
+        &zk,
+        lock,
+        tick,
+        (&proxy.connect_string(), &opts("20s")),
+        (&ensemble.connect_string(), &opts("20s")),
+        Hold::Beats(3),
+    );
 
     bed.history.note("test", &format!("kill leader {leader}"));
     ensemble.server_mut(leader).stop();
@@ -228,12 +243,14 @@ fn follower_cut_from_the_leader_stops_the_command_before_the_leader_expires_the_
     let bed = Bed::new();
     let lock = "/faults/follower-cut";
     let tick = ensemble.server(0).tick();
-    let mut holder =
-        bed.spawn("holder", &ensemble.server(follower).connect_string(), tick, lock, &opts("4s"), bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
-    let mut waiter =
-        bed.spawn("waiter", &ensemble.server(leader).connect_string(), tick, lock, &opts("4s"), Hold::Beats(3));
-    zk.wait_children(lock, 2);
+    let (mut holder, mut waiter) = bed.holder_and_waiter(
+        &zk,
+        lock,
+        tick,
+        (&ensemble.server(follower).connect_string(), &opts("4s")),
+        (&ensemble.server(leader).connect_string(), &opts("4s")),
+        Hold::Beats(3),
+    );
 
     bed.history.note("test", &format!("cut follower {follower} from leader {leader}"));
     ensemble.cut(follower, leader);
@@ -284,9 +301,7 @@ fn quorum_lost_past_the_threshold_and_regained() {
     let lock = "/faults/quorum";
     let tick = ensemble.server(0).tick();
     let kept = 0;
-    let mut holder =
-        bed.spawn("holder", &ensemble.server(kept).connect_string(), tick, lock, &opts("10s"), bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut holder = bed.holder(lock, tick, (&ensemble.server(kept).connect_string(), &opts("10s")));
     let mut waiter = bed.spawn("waiter", &ensemble.connect_string(), tick, lock, &opts("10s"), Hold::Beats(3));
     Zk::connect(&ensemble.connect_string()).wait_children(lock, 2);
 
@@ -346,9 +361,7 @@ fn waiter_terminated_while_the_connection_is_down_leaves_no_node() {
     let proxy = Proxy::to_port("waiter", server.port());
     let bed = Bed::new();
     let lock = "/faults/waiter-term";
-    let mut holder =
-        bed.spawn("holder", &server.connect_string(), server.tick(), lock, &opts("10s"), bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut holder = bed.holder(lock, server.tick(), (&server.connect_string(), &opts("10s")));
     let holder_node = zk.children(lock);
     let mut waiter = bed.spawn("waiter", &proxy.connect_string(), server.tick(), lock, &opts("10s"), Hold::Beats(1));
     zk.wait_children(lock, 2);
@@ -382,9 +395,7 @@ fn waiter_timing_out_during_a_partition_leaves_no_node() {
     let proxy = Proxy::to_port("waiter", server.port());
     let bed = Bed::new();
     let lock = "/faults/waiter-timeout";
-    let mut holder =
-        bed.spawn("holder", &server.connect_string(), server.tick(), lock, &opts("10s"), bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut holder = bed.holder(lock, server.tick(), (&server.connect_string(), &opts("10s")));
     let holder_node = zk.children(lock);
     let wait_opts = ["-v", "--session-timeout", "10s", "--wait", "3s"];
     let mut waiter = bed.spawn("waiter", &proxy.connect_string(), server.tick(), lock, &wait_opts, Hold::Beats(1));
@@ -427,9 +438,7 @@ fn zklock_frozen_past_the_session_timeout_has_its_command_group_killed_by_the_gu
     let holder_opts =
         safety::with_grandchild(&bed, "holder", lock, &["-v", "--session-timeout", "4s", "--lock-delay", "0s"]);
     let holder_opts: Vec<&str> = holder_opts.iter().map(String::as_str).collect();
-    let mut holder =
-        bed.spawn("holder", &server.connect_string(), server.tick(), lock, &holder_opts, bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut holder = bed.holder(lock, server.tick(), (&server.connect_string(), &holder_opts));
     let pgid = bed.history.commands()["holder"].pid as u32;
     let grandchild = safety::grandchild_of(&bed, "holder");
     let mut waiter = bed.spawn("waiter", &server.connect_string(), server.tick(), lock, &opts("4s"), Hold::Beats(3));
@@ -464,8 +473,7 @@ fn server_restarted_within_the_threshold_is_survived() {
     let proxy = Proxy::to_port("holder", server.port());
     let bed = Bed::new();
     let lock = "/faults/restart";
-    let mut holder = bed.spawn("holder", &proxy.connect_string(), server.tick(), lock, &opts("20s"), bed.until("h.go"));
-    bed.history.wait_event("holder", "start", PATIENCE);
+    let mut holder = bed.holder(lock, server.tick(), (&proxy.connect_string(), &opts("20s")));
 
     bed.history.note("test", "restart server");
     server.stop();

@@ -840,3 +840,35 @@ fn verbose_lines_are_stamped_when_stderr_is_not_a_terminal() {
     assert!(!lines.is_empty(), "{text}");
     assert!(lines.iter().all(|l| !stamped(l)), "no stamps on a terminal: {text}");
 }
+
+/// More contenders than the release record keeps names (32) queue on one lock and all release
+/// cleanly: none of them waits a lock-delay (the last holder's clean release settles every
+/// node it waited for, whether or not their names are still in the record).
+#[test]
+fn a_long_queue_of_clean_releases_costs_no_lock_delay() {
+    const N: usize = 40;
+    let lock = unique_lock_path("long-queue");
+    let zk = shared();
+    let dir = TempDir::new().unwrap();
+    let gate = Gate::new(dir.path(), "first");
+    let argv = gate.argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let first = gate.hold(run_shared(&lock, &["--lock-delay", "60s"], &argv));
+    let rest: Vec<_> = (1..N)
+        .map(|_| {
+            run_shared(&lock, &["-v", "--lock-delay", "60s"], &["true"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    zk.wait_children(&lock, N);
+    assert_eq!(gate.release(first), 0);
+    for child in rest {
+        let out = wait_output(child);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(!err.contains("lock-delay"), "no contender waits a lock-delay after clean releases: {err}");
+    }
+}

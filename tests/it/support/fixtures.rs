@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::history::{check, Run};
-use super::{Bed, Zk, PATIENCE};
+use super::history::{check, Hold, Run};
+use super::{Bed, Zk, Zklock, PATIENCE};
 
 /// Waits (with patience) until `lock` has no children; returns what is left.
 pub fn settle(zk: &Zk, lock: &str, patience: Duration) -> Vec<String> {
@@ -31,4 +31,34 @@ pub fn verify(bed: &Bed, zk: &Zk, lock: &str, runs: &[Run]) {
 /// `-v --session-timeout T`, as the fault tests run zklock.
 pub fn opts(session_timeout: &'static str) -> [&'static str; 3] {
     ["-v", "--session-timeout", session_timeout]
+}
+
+/// How one zklock of a scenario connects: its connect string and options.
+pub type Via<'a> = (&'a str, &'a [&'a str]);
+
+impl Bed {
+    /// Starts zklock `holder` on `lock`, its command running until the test releases `h.go`,
+    /// and waits until the command runs.
+    pub fn holder(&self, lock: &str, tick: Duration, (connect, opts): Via<'_>) -> Zklock {
+        let holder = self.spawn("holder", connect, tick, lock, opts, self.until("h.go"));
+        self.history.wait_event("holder", "start", PATIENCE);
+        holder
+    }
+
+    /// The start of most fault scenarios: a [`Bed::holder`], and zklock `waiter` queued behind
+    /// it (the lock has both nodes, as `zk` sees it), its command holding for `hold`.
+    pub fn holder_and_waiter(
+        &self,
+        zk: &Zk,
+        lock: &str,
+        tick: Duration,
+        holder: Via<'_>,
+        (connect, opts): Via<'_>,
+        hold: Hold,
+    ) -> (Zklock, Zklock) {
+        let holder = self.holder(lock, tick, holder);
+        let waiter = self.spawn("waiter", connect, tick, lock, opts, hold);
+        zk.wait_children(lock, 2);
+        (holder, waiter)
+    }
 }
