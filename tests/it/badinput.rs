@@ -3,27 +3,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 use tempfile::TempDir;
 
 use crate::support::*;
 use crate::support::{shared_zk, unique_lock_path};
 
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or_else(|| panic!("zklock died of a signal: {:?}", out.status))
-}
-
 fn shared() -> Zk {
     Zk::connect(&shared_zk().connect_string())
-}
-
-fn assert_fails(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert_eq!(code(out), 125, "{err}");
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert_eq!(stdout(out), "", "the command must not run");
 }
 
 #[test]

@@ -17,19 +17,6 @@ use crate::support::proxy::{Mode, Proxy};
 
 use crate::support::*;
 
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or_else(|| panic!("zklock died of a signal: {:?}", out.status))
-}
-
-/// Asserts a zklock failure: exit 125, one line on stderr, containing `needle`.
-fn assert_fails(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert_eq!(code(out), 125, "{err}");
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("zklock: error: "), "{err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-}
-
 /// How a zklock gets its Kerberos tickets.
 enum Creds<'a> {
     /// The ticket cache alone.

@@ -14,10 +14,6 @@ use crate::support::secure::{Certs, SaslServer, TlsServer};
 use crate::support::*;
 use crate::support::{shared_zk, ZkServer};
 
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or_else(|| panic!("zklock died of a signal: {:?}", out.status))
-}
-
 /// A lock path under a top-level node of its own.
 fn secure_path(name: &str) -> (String, String) {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -54,15 +50,6 @@ fn status_as(connect: &str, auth: Option<&str>, opts: &[&str], lock: &str) -> Ou
     let mut c = zklock_at(connect, auth);
     c.arg("status").args(opts).arg(lock);
     output(c)
-}
-
-/// Asserts a zklock failure: exit 125, one line on stderr, containing `needle`.
-fn assert_fails(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert_eq!(code(out), 125, "{err}");
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("zklock: error: "), "{err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
 }
 
 fn digest(user: &str, password: &str) -> Zk {

@@ -273,3 +273,19 @@ impl Drop for Zklock {
         }
     }
 }
+
+/// The exit code of a zklock that exited (rather than died of a signal).
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or_else(|| panic!("zklock died of a signal: {:?}", out.status))
+}
+
+/// Asserts a zklock failure: exit 125, one line on stderr (`zklock: error: …`) containing
+/// `needle`, and nothing on stdout (the command did not run).
+pub fn assert_fails(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(code(out), 125, "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("zklock: error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(stdout(out), "", "the command must not run");
+}
