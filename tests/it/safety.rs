@@ -235,6 +235,22 @@ fn expire_through(bed: &Bed, proxy: &Proxy, server: &ZkServer) -> u64 {
     expiring
 }
 
+/// Every lock-delay 20 s, so that a wrong delay is unmistakable.
+const NO_DELAY_OPTS: [&str; 5] = ["-v", "--session-timeout", T, "--lock-delay", "20s"];
+
+/// [`NO_DELAY_OPTS`] and `extra`.
+fn no_delay_opts(extra: &[&'static str]) -> Vec<&'static str> {
+    NO_DELAY_OPTS.iter().chain(extra).copied().collect()
+}
+
+/// A server of its own: it, a client on it, its connect string and its tick.
+fn own_server() -> (ZkServer, Zk, String, std::time::Duration) {
+    let server = ZkServer::start();
+    let zk = Zk::connect(&server.connect_string());
+    let (connect, tick) = (server.connect_string(), server.tick());
+    (server, zk, connect, tick)
+}
+
 fn wait_queued(z: &Zklock) {
     wait_until(PATIENCE, &format!("{} to queue", z.id), || z.stderr().contains("waiting for"));
 }
@@ -245,12 +261,8 @@ fn wait_queued(z: &Zklock) {
 #[test]
 fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_while_waiting() {
     let _turn = serial();
-    let server = ZkServer::start();
-    let zk = Zk::connect(&server.connect_string());
-    let connect = server.connect_string();
-    let tick = server.tick();
-    let opts = ["-v", "--session-timeout", T, "--lock-delay", "20s"];
-    let with = |extra: &[&'static str]| -> Vec<&str> { opts.iter().chain(extra).copied().collect() };
+    let (server, zk, connect, tick) = own_server();
+    let (opts, with) = (NO_DELAY_OPTS, no_delay_opts);
     let cmd = |bed: &Bed, id: &str| bed.history.commands()[id].clone();
 
     // The holder's own release.
@@ -315,12 +327,8 @@ fn no_lock_delay_after_a_clean_release_a_waiter_giving_up_or_a_waiter_expired_wh
 #[test]
 fn a_reader_let_in_by_a_writer_that_gave_up_or_expired_while_waiting_waits_no_lock_delay() {
     let _turn = serial();
-    let server = ZkServer::start();
-    let zk = Zk::connect(&server.connect_string());
-    let connect = server.connect_string();
-    let tick = server.tick();
-    let opts = ["-v", "--session-timeout", T, "--lock-delay", "20s"];
-    let with = |extra: &[&'static str]| -> Vec<&str> { opts.iter().chain(extra).copied().collect() };
+    let (server, zk, connect, tick) = own_server();
+    let with = no_delay_opts;
 
     // A writer that gave up waiting.
     let (bed, lock) = (Bed::new(), "/safety/clean/rw-gave-up");
