@@ -54,6 +54,13 @@ struct Dir {
     version: Option<i32>,
 }
 
+impl Dir {
+    /// What the lock directory's data and data version say.
+    fn read(data: &[u8], version: i32) -> Dir {
+        Dir { released: Released::parse(data), version: Some(version) }
+    }
+}
+
 /// How many nodes' data a waiter reads at once to learn their lock-delay.
 const MAX_DATA_READS: usize = 64;
 
@@ -300,11 +307,9 @@ impl<'a, C: Clock> Recipe<'a, C> {
             match retry(self.client, || self.client.get_data(&path)).await {
                 Ok((_, stat)) if stat.ephemeral_owner == session && adopted.is_none() => {
                     info!("recovered our lock node {name} after a lost reply");
-                    let created = retry(self.client, || async {
-                        zk::check(self.client, &path, &self.clock).await.map_err(zookeeper_client::Error::from)
-                    })
-                    .await
-                    .with_context(|| format!("cannot confirm our recovered lock node {path}"))?;
+                    let created = zk::check_retrying(self.client, &path, &self.clock)
+                        .await
+                        .with_context(|| format!("cannot confirm our recovered lock node {path}"))?;
                     adopted = Some(OurNode { path, name, czxid: stat.czxid, created });
                 }
                 Ok(_) => {
@@ -342,7 +347,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
             },
         };
         if let Some((data, version)) = listed.dir {
-            *self.dir.borrow_mut() = Dir { released: Released::parse(&data), version: Some(version) };
+            *self.dir.borrow_mut() = Dir::read(&data, version);
         }
         self.place(node, &listed.children)
     }
@@ -631,7 +636,7 @@ impl<'a, C: Clock> Recipe<'a, C> {
     async fn read_dir(&self) -> Result<()> {
         match retry(self.client, || self.client.get_data(self.lock)).await {
             Ok((data, stat)) => {
-                *self.dir.borrow_mut() = Dir { released: Released::parse(&data), version: Some(stat.version) };
+                *self.dir.borrow_mut() = Dir::read(&data, stat.version);
                 Ok(())
             }
             Err(e) => Err(e).with_context(|| format!("cannot read {}", self.lock)),

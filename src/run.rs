@@ -101,8 +101,8 @@ pub async fn run(args: RunArgs, started_at: SystemTime, t0: Instant) -> Result<E
             Err(e) => (Err(e), None),
         };
         zk::close_session(client).await;
-        // Disarmed, so it exits by itself; reaping it waits for that, which must not hold up
-        // the delete on the way to the server (the next holder waits for it).
+        // Disarmed, so it exits by itself; reaping it waits for that, after the release and
+        // the close (the next holder waits for the release).
         drop(guard);
         match result {
             Err(e) if e.is::<ExpiredWhileWaiting>() => {
@@ -291,9 +291,9 @@ async fn acquire<C: Clock>(
     Err(Lost(outcome.map(Held::from)))
 }
 
-/// Phase 2: `t_ok`. The leader validated our session after `t_ok` (our create, or a check). If that is not recent (a long wait, or a reconnect delayed the listing),
-/// confirm through the leader again before starting the command: it must never start with
-/// its deadline close.
+/// Phase 2: `t_ok`. The leader validated our session after `t_ok` (our create, or a check).
+/// If that is not recent (a long wait, or a reconnect delayed the listing), confirm through
+/// the leader again before starting the command: it must never start with its deadline close.
 async fn confirm<C: Clock>(
     client: &Client,
     recipe: &Recipe<'_, C>,
@@ -307,11 +307,7 @@ async fn confirm<C: Clock>(
             return Ok(t_ok);
         }
         debug!("confirming our session through the leader before starting the command");
-        let confirmed = zk::retry(client, || async {
-            zk::check(client, &node.path, &clock).await.map_err(zookeeper_client::Error::from)
-        })
-        .await;
-        match confirmed {
+        match zk::check_retrying(client, &node.path, &clock).await {
             Ok(c) => {
                 t_ok.advance(c);
             }
@@ -337,12 +333,7 @@ async fn wait_out(client: &Client, node: &OurNode, doc: &NodeData, delay: Durati
     );
     let mut delayed = doc.clone();
     delayed.delayed_until = Some(humantime::format_rfc3339_millis(SystemTime::now() + delay).to_string());
-    let marked = client.set_data(&node.path, &delayed.to_bytes(), None);
-    tokio::spawn(async move {
-        if let Err(e) = marked.await {
-            debug!("cannot record the lock-delay in the lock node: {e}");
-        }
-    });
+    record(client, node, &delayed, "the lock-delay");
     let clock = BootClock;
     let until = clock.now() + delay;
     // tokio sleeps on CLOCK_MONOTONIC, which stops while the host is suspended.
@@ -357,10 +348,17 @@ async fn wait_out(client: &Client, node: &OurNode, doc: &NodeData, delay: Durati
 /// neither the handoff nor supervision waits for it.
 fn mark_acquired(client: &Client, node: &OurNode, doc: &mut NodeData) {
     doc.acquired_at = Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
-    let marked = client.set_data(&node.path, &doc.to_bytes(), None);
+    record(client, node, doc, "the acquisition time");
+}
+
+/// Writes `doc` into our lock node, for `zklock status` and the waiters behind us; the reply
+/// is awaited on a task of its own (informational: nothing waits for it). `what` names what
+/// is recorded, for the message if it fails.
+fn record(client: &Client, node: &OurNode, doc: &NodeData, what: &'static str) {
+    let written = client.set_data(&node.path, &doc.to_bytes(), None);
     tokio::spawn(async move {
-        if let Err(e) = marked.await {
-            debug!("cannot record the acquisition time in the lock node: {e}");
+        if let Err(e) = written.await {
+            debug!("cannot record {what} in the lock node: {e}");
         }
     });
 }

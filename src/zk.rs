@@ -867,6 +867,15 @@ where
     async move { reply.await.map(|t| (t, sent)) }
 }
 
+/// [`check`], sent again after each connection failure once the session is back.
+pub async fn check_retrying<C: Clock>(
+    client: &Client,
+    path: &str,
+    clock: &C,
+) -> Result<Confirmed, zookeeper_client::Error> {
+    retry(client, || async { check(client, path, clock).await.map_err(zookeeper_client::Error::from) }).await
+}
+
 /// A check-only multi on our own node through the leader: the heartbeat. It validates our
 /// session and our node's existence.
 pub fn check<'a, C: Clock>(
